@@ -1,0 +1,61 @@
+"""The FastAPI application."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.routes import health, jobs
+from shared.errors import FtqError
+
+
+def _param(loc: tuple[str | int, ...]) -> str:
+    # ("body", "hyperparameters", "batch_size") -> "hyperparameters.batch_size"; query/path keep their name.
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header") else list(map(str, loc))
+    return ".".join(parts) or str(loc[0] if loc else "")
+
+
+async def handle_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with every field at fault, the first one as `error.param`."""
+    details = [{"param": _param(tuple(err["loc"])), "message": err["msg"], "type": err["type"]} for err in exc.errors()]
+    first = details[0] if details else {"param": None, "message": "invalid request"}
+    error = {
+        "code": "invalid_request",
+        "message": f"{first['param']}: {first['message']}" if first["param"] else first["message"],
+        "param": first["param"],
+        "details": details,
+    }
+    return JSONResponse(status_code=422, content={"error": error})
+
+
+async def handle_ftq_error(_request: Request, exc: FtqError) -> JSONResponse:
+    """Our own errors keep their status, code and param."""
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.as_dict()})
+
+
+async def handle_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Framework errors (unknown route, wrong method) in the same envelope."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": {"code": code, "message": str(exc.detail), "param": None}},
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def create_app() -> FastAPI:
+    """Build the API application."""
+    app = FastAPI(
+        title="ftq",
+        summary="Self-hosted fine-tuning jobs: 4-bit QLoRA SFT on a shared GPU box.",
+        version="0.1.0",
+    )
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
+    return app
+
+
+app = create_app()

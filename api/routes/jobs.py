@@ -1,0 +1,61 @@
+"""Fine-tune jobs: create, list, read."""
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.schemas import JobList, JobRead
+from shared.errors import FtqError
+from shared.jobs import create_job, fail_job_unqueued, get_job, list_jobs
+from shared.models import JobStatus
+from shared.paths import check_local_refs
+from shared.queue import enqueue_job
+from shared.spec import JobSpec
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+class QueueUnavailable(FtqError):
+    """The job was stored but the broker could not be reached."""
+
+    status_code = 503
+    code = "queue_unavailable"
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+def create_fine_tune_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, key: CurrentKey) -> JobRead:
+    """Validate a fine-tune spec, store it as a queued job and hand it to a worker."""
+    check_local_refs(spec, settings.allowed_roots)
+    job = create_job(session=session, spec=spec, owner_id=key.id)
+    # Commit before enqueueing: the worker must find the row when the message arrives.
+    session.commit()
+    try:
+        enqueue_job(job.id)
+    except Exception as exc:
+        log.exception("enqueue of %s failed", job.id)
+        fail_job_unqueued(session=session, job_id=job.id, message=f"could not reach the queue: {type(exc).__name__}")
+        session.commit()
+        raise QueueUnavailable("the job queue is unavailable; the job was not started", param=None) from exc
+    return JobRead.from_job(job)
+
+
+@router.get("", response_model=JobList)
+def list_fine_tune_jobs(
+    session: SessionDep,
+    _key: CurrentKey,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="Id of the last job of the previous page.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+) -> JobList:
+    """List jobs, newest first, one page at a time."""
+    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status)
+    return JobList(data=[JobRead.from_job(job) for job in jobs], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def read_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
+    """Get one job: status, progress, stats, result and error."""
+    return JobRead.from_job(get_job(session=session, job_id=job_id))

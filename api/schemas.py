@@ -1,0 +1,103 @@
+"""Response bodies of the API (the request body is `shared.spec.JobSpec` itself)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from shared.models import Job, JobStatus
+from shared.spec import JobSpec
+
+
+class Progress(BaseModel):
+    """Where training stands; null fields are not known yet."""
+
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    trained_tokens: int = 0
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class Stats(BaseModel):
+    """What the worker found in the dataset after tokenizing it."""
+
+    rows: int | None = Field(None, description="Rows trained on.")
+    tokens: int | None = Field(None, description="Tokens in those rows, after truncation.")
+    completion_tokens: int | None = Field(None, description="Tokens that carry loss (after the template).")
+    truncated_rows: int | None = Field(None, description="Rows cut at max_length.")
+    dropped_rows: int | None = Field(None, description="Rows left with no completion token after truncation.")
+
+
+class Result(BaseModel):
+    """What a succeeded job produced."""
+
+    adapter_path: str | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    quantization: dict[str, Any] | None = None
+
+
+class ErrorInfo(BaseModel):
+    """Why a job failed: a stable code, a message, and the spec field at fault."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobRead(BaseModel):
+    """A fine-tune job as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    object: str = "fine_tuning.job"
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: JobSpec
+    progress: Progress
+    stats: Stats
+    result: Result
+    error: ErrorInfo | None
+    attempt: int
+    metadata: dict[str, str]
+
+    @field_serializer("created_at", "started_at", "finished_at")
+    def _as_utc(self, value: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes; every stored time is UTC.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @classmethod
+    def from_job(cls, job: Job) -> "JobRead":
+        """Build the API view of a job row."""
+        error = None
+        if job.error_code is not None:
+            error = ErrorInfo(code=job.error_code, message=job.error_message or "", param=job.error_param)
+        return cls(
+            id=job.id,
+            status=job.status,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            spec=JobSpec.model_validate(job.spec),
+            progress=Progress.model_validate(job.progress or {}),
+            stats=Stats.model_validate(job.stats or {}),
+            result=Result.model_validate(job.result or {}),
+            error=error,
+            attempt=job.attempt,
+            metadata=job.metadata_ or {},
+        )
+
+
+class JobList(BaseModel):
+    """One page of jobs, newest first; pass the last id as `after` for the next page."""
+
+    object: str = "list"
+    data: list[JobRead]
+    has_more: bool

@@ -1,0 +1,159 @@
+"""The `ftq` command line."""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from shared.settings import Settings, get_settings
+
+
+def _apply_data_dir(data_dir: str | None) -> Settings:
+    # Children inherit the environment, so the data dir travels to the API and the worker this way.
+    if data_dir:
+        os.environ["FTQ_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the API and one worker in the foreground until Ctrl-C or SIGTERM."""
+    from ftq.stack import Stack, api_command, prepare_data_dir, worker_command
+
+    settings = _apply_data_dir(args.data_dir)
+    new_key = prepare_data_dir(settings)
+    key_file = settings.data_path / "admin.key"
+    if new_key:
+        print(f"Admin API key (saved to {key_file}, shown once):\n  {new_key}", flush=True)
+    broker = "embedded (SQLite)" if settings.uses_embedded_broker else "BROKER_URL"
+    print(f"ftq up: data {settings.data_path}, broker {broker}, API http://{args.host}:{args.port}", flush=True)
+    stack = Stack([api_command(args.host, args.port), worker_command(settings)], env=dict(os.environ))
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    stack.start()
+    try:
+        if args.demo:
+            _run_demo(settings, f"http://{args.host}:{args.port}", key_file.read_text().strip(), lambda: stopping)
+        while not stopping:
+            dead = stack.poll_dead()
+            if dead is not None:
+                print(
+                    f"ftq up: {dead.args!r} exited with {dead.returncode}",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("ftq up: stopping", flush=True)
+        stack.stop()
+
+
+def _run_demo(settings: Settings, base_url: str, api_key: str, stopping: Callable[[], bool]) -> None:
+    import httpx
+
+    from ftq import demo
+
+    model, rows = demo.prepare_demo_files(settings)
+    spec = demo.demo_spec(model, rows)
+    demo.write_spec(settings.data_path / "demo-spec.json", spec)
+    for _ in range(120):
+        if stopping():
+            return
+        try:
+            httpx.get(f"{base_url}/healthz", timeout=2).raise_for_status()
+            break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    job = demo.submit(base_url, api_key, spec)
+    print(f"demo job {job['id']} submitted (spec in {settings.data_path / 'demo-spec.json'})", flush=True)
+    final = demo.follow(base_url, api_key, job["id"])
+    print(f"demo job {final['status']}; the API keeps serving on {base_url} (Ctrl-C to stop)", flush=True)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run only the API server."""
+    from ftq.stack import api_command
+
+    _apply_data_dir(args.data_dir)
+    command = api_command(args.host, args.port)
+    os.execv(command[0], command)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run only a worker (one job at a time)."""
+    from ftq.stack import worker_command
+
+    settings = _apply_data_dir(args.data_dir)
+    command = worker_command(settings, args.name)
+    os.execv(command[0], command)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database to the newest schema."""
+    from shared.migrate import upgrade_database
+
+    settings = _apply_data_dir(args.data_dir)
+    upgrade_database(settings.db_url)
+    print("database is up to date")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an API key and print it once."""
+    from shared.auth import create_api_key
+    from shared.db import session_scope
+
+    _apply_data_dir(args.data_dir)
+    with session_scope() as session:
+        key, raw = create_api_key(session=session, name=args.name, is_admin=args.admin)
+        session.commit()
+    print(f"{key.id}  {key.name}{'  (admin)' if key.is_admin else ''}\n{raw}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="ftq", description="Self-hosted fine-tuning jobs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--data-dir", help="data directory (default $FTQ_DATA_DIR or ~/.ftq)")
+        p.set_defaults(func=func)
+        return p
+
+    up = add("up", cmd_up, "Run the API and one worker in the foreground.")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--demo", action="store_true", help="build the tiny demo model, submit its job and follow it")
+    api = add("api", cmd_api, "Run only the API server.")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    worker = add("worker", cmd_worker, "Run only a worker.")
+    worker.add_argument("--name", default="gpu0", help="worker name (shown in logs)")
+    add("migrate", cmd_migrate, "Bring the database to the newest schema.")
+    keys = add("keys", lambda _a: 2, "Manage API keys.")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="Create an API key and print it once.")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--data-dir", help="data directory")
+    create.set_defaults(func=cmd_keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `ftq`."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,51 @@
+"""Local model and dataset paths: read only under the allowed roots, checked before anything opens them."""
+
+import os
+from pathlib import Path
+
+from shared.errors import InvalidInput
+from shared.spec import JobSpec, is_local_path
+
+DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def resolve_under_roots(ref: str, roots: list[Path], *, param: str) -> Path:
+    """Resolve `ref` (symlinks included) and refuse it unless it lies under one of `roots`."""
+    path = Path(os.path.realpath(Path(ref).expanduser()))
+    for root in roots:
+        if os.path.commonpath([root, path]) == str(root):
+            return path
+    allowed = ", ".join(str(r) for r in roots)
+    raise InvalidInput(f"{ref!r} is outside the allowed local roots ({allowed})", code="path_not_allowed", param=param)
+
+
+def check_local_model(ref: str, roots: list[Path]) -> Path:
+    """A local base model must be an existing directory under an allowed root."""
+    path = resolve_under_roots(ref, roots, param="base_model")
+    if not path.is_dir():
+        raise InvalidInput(f"model directory {ref!r} does not exist", code="model_not_found", param="base_model")
+    return path
+
+
+def check_local_dataset(ref: str, roots: list[Path]) -> Path:
+    """A local dataset must be a supported file or a folder, under an allowed root."""
+    path = resolve_under_roots(ref, roots, param="dataset.id")
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise InvalidInput(f"dataset {ref!r} does not exist", code="dataset_not_found", param="dataset.id")
+    if path.suffix not in DATASET_SUFFIXES:
+        raise InvalidInput(
+            f"dataset file must end in one of {', '.join(DATASET_SUFFIXES)}",
+            code="unsupported_format",
+            param="dataset.id",
+        )
+    return path
+
+
+def check_local_refs(spec: JobSpec, roots: list[Path]) -> None:
+    """Check every local path of a spec without reading the files."""
+    if is_local_path(spec.base_model):
+        check_local_model(spec.base_model, roots)
+    if is_local_path(spec.dataset.id):
+        check_local_dataset(spec.dataset.id, roots)

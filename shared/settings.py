@@ -1,0 +1,60 @@
+"""Service settings, read from the environment (and an optional `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything ftq reads from its environment; env names are given as aliases."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("~/.ftq"), validation_alias="FTQ_DATA_DIR")
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    broker_url: str | None = Field(None, validation_alias="BROKER_URL")
+    local_roots: str | None = Field(None, validation_alias="FTQ_LOCAL_ROOTS")
+    queue_name: str = Field("ftq.gpu", validation_alias="FTQ_QUEUE")
+    progress_interval_s: float = Field(1.0, ge=0.0, validation_alias="FTQ_PROGRESS_INTERVAL")
+    hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
+    wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory, expanded and absolute."""
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """`DATABASE_URL`, or the embedded SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{self.data_path / 'ftq.db'}"
+
+    @property
+    def broker(self) -> str:
+        """`BROKER_URL`, or the embedded broker: kombu's SQLAlchemy transport on a SQLite file."""
+        return self.broker_url or f"sqla+sqlite:///{self.data_path / 'broker.db'}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        """True when no broker server is configured."""
+        return self.broker_url is None
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """Directories under which local models and datasets may be read."""
+        if self.local_roots:
+            return [Path(p).expanduser().resolve() for p in self.local_roots.split(":") if p]
+        return [self.data_path / "files"]
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where each job's outputs (adapter, tokenizer, checkpoints) are written."""
+        return self.data_path / "jobs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,176 @@
+"""The fine-tune job spec: the API's contract, stored resolved on the job and re-validated by the worker.
+
+Defaults are the LLM Engineering course's week-7 QLoRA constants, so a spec naming only a base model and a
+dataset reproduces the recipe.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+HF_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
+
+ModelRef = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
+    Field(description="A Hugging Face model id (`org/name`) or a local directory under an allowed root."),
+]
+DatasetRef = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
+    Field(
+        description="A Hugging Face dataset id, or a local .jsonl/.csv/.parquet file or folder under an allowed root."
+    ),
+]
+LoraModule = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")]
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetaValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+def is_local_path(ref: str) -> bool:
+    """True when a model or dataset reference names a local path rather than a Hub id."""
+    return ref.startswith(LOCAL_PATH_PREFIXES)
+
+
+def check_ref(ref: str) -> str:
+    """Accept a local path or a well-formed Hub id; anything else is a validation error."""
+    if not is_local_path(ref) and not HF_REPO_ID.match(ref):
+        raise ValueError(
+            "must be a Hugging Face id like 'org/name' or a local path starting with '/', './', '../' or '~'"
+        )
+    return ref
+
+
+class Strict(BaseModel):
+    """Spec sections refuse unknown fields and are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DatasetSpec(Strict):
+    """Where the training rows come from and how each is split into prompt and completion."""
+
+    id: DatasetRef
+    split: str = Field("train", min_length=1, max_length=64, description="Dataset split to train on.")
+    text_field: str = Field("text", min_length=1, max_length=128, description="Column holding the training text.")
+    response_template: str = Field(
+        "Price is $",
+        min_length=1,
+        max_length=256,
+        description="Text that ends the prompt: loss is taken only on what follows its last occurrence.",
+    )
+    max_rows: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Train on at most this many rows (the first ones); null for all.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        return check_ref(value)
+
+
+class Hyperparameters(Strict):
+    """Optimisation settings, mapped onto TRL's `SFTConfig`."""
+
+    epochs: float = Field(1, gt=0, le=100, description="Passes over the dataset (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Rows per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal[
+        "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming up.")
+    optimizer: Literal[
+        "paged_adamw_32bit",
+        "paged_adamw_8bit",
+        "adamw_torch",
+        "adamw_torch_fused",
+        "adamw_8bit",
+        "adafactor",
+        "sgd",
+    ] = Field("paged_adamw_32bit", description="Optimizer, by its transformers name.")
+    weight_decay: float = Field(0.001, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(0.3, gt=0, le=100, description="Gradient clipping norm.")
+    max_length: int = Field(182, ge=8, le=131_072, description="Tokens per row; longer rows are truncated.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed for data order and LoRA init.")
+    save_steps: int = Field(5000, ge=1, le=10_000_000, description="Save a checkpoint every this many steps.")
+    logging_steps: int = Field(50, ge=1, le=1_000_000, description="Log loss and learning rate every this many steps.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass: less memory, slower (TRL's default)."
+    )
+
+
+class LoraSpec(Strict):
+    """The LoRA adapter attached to the frozen base."""
+
+    r: int = Field(32, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(64, ge=1, le=4096, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[LoraModule] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        max_length=64,
+        description="Names of the Linear modules that get an adapter.",
+    )
+
+
+class QuantizationSpec(Strict):
+    """How the frozen base is quantized with bitsandbytes."""
+
+    bits: Literal[4] = Field(4, description="Bits per base weight (QLoRA: 4).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Dtype the 4-bit weights are dequantized to for matmuls."
+    )
+
+
+class HubSpec(Strict):
+    """Hugging Face Hub repository that checkpoints are pushed to."""
+
+    repo_id: str = Field(..., min_length=3, max_length=200, description="Target repo, `org/name`.")
+    private: bool = Field(True, description="Create the repo as private.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _check_repo(cls, value: str) -> str:
+        if is_local_path(value) or "/" not in value:
+            raise ValueError("must be a Hub repo id like 'org/name'")
+        return check_ref(value)
+
+
+class WandbSpec(Strict):
+    """Weights & Biases run settings."""
+
+    project: str = Field(..., min_length=1, max_length=128, description="W&B project.")
+    entity: str | None = Field(None, min_length=1, max_length=128, description="W&B team or user.")
+    run_name: str | None = Field(None, min_length=1, max_length=128, description="Run name; defaults to the job id.")
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        [], max_length=20, description="Run tags."
+    )
+
+
+class JobSpec(Strict):
+    """A QLoRA supervised fine-tune: base model, data, and how to train."""
+
+    base_model: ModelRef
+    dataset: DatasetSpec
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
+    wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")
+    metadata: dict[MetaKey, MetaValue] = Field(
+        {}, max_length=16, description="Up to 16 string pairs for your own bookkeeping."
+    )
+
+    @field_validator("base_model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        return check_ref(value)

@@ -1,0 +1,129 @@
+"""Pure mappings from the job spec onto transformers, PEFT and TRL objects, and the loaders that use them."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl import SFTConfig
+
+from shared.errors import JobFailure
+from shared.paths import check_local_model
+from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_local_path
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def build_quant_config(quant: QuantizationSpec) -> BitsAndBytesConfig:
+    """The bitsandbytes 4-bit config of the spec."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[quant.compute_dtype],
+    )
+
+
+def build_lora_config(lora: LoraSpec) -> LoraConfig:
+    """The PEFT LoRA config of the spec."""
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_sft_config(
+    hp: Hyperparameters, quant: QuantizationSpec, output_dir: Path, *, use_cpu: bool, run_name: str
+) -> SFTConfig:
+    """TRL's SFTConfig for the spec: the course's recipe, with completion-only loss on pre-tokenized rows."""
+    return SFTConfig(
+        output_dir=str(output_dir),
+        run_name=run_name,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        optim=hp.optimizer,
+        weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
+        max_length=hp.max_length,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        save_strategy="steps",
+        save_steps=hp.save_steps,
+        logging_steps=hp.logging_steps,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        bf16=quant.compute_dtype == "bfloat16",
+        fp16=quant.compute_dtype == "float16" and not use_cpu,
+        use_cpu=use_cpu,
+        # Rows arrive tokenized with a completion mask; TRL only masks them when told explicitly.
+        completion_only_loss=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        save_total_limit=10,
+    )
+
+
+def load_tokenizer(ref: str, roots: list[Path]) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, padding on the right with EOS as the pad token (as in the course)."""
+    source = str(check_local_model(ref, roots)) if is_local_path(ref) else ref
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise JobFailure(
+            f"base model {ref!r} not found or has no tokenizer: {exc}",
+            code="model_not_found",
+            param="base_model",
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_quantized_model(spec: JobSpec, roots: list[Path], device: str) -> PreTrainedModel:
+    """The base model, loaded through `from_pretrained` with its Linear layers in 4-bit."""
+    ref = spec.base_model
+    source = str(check_local_model(ref, roots)) if is_local_path(ref) else ref
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            quantization_config=build_quant_config(spec.quantization),
+            dtype=DTYPES[spec.quantization.compute_dtype],
+            device_map={"": device},
+            trust_remote_code=False,
+        )
+    except OSError as exc:
+        raise JobFailure(f"base model {ref!r} not found: {exc}", code="model_not_found", param="base_model") from exc
+    model.config.use_cache = False
+    return model
+
+
+def describe_quantization(model: Any, quant: QuantizationSpec) -> dict[str, Any]:
+    """What the loaded model really holds: how many Linear layers are bitsandbytes 4-bit, and in which type."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    quant_types = sorted({m.weight.quant_type for m in layers})
+    return {
+        "bits": quant.bits,
+        "quant_type": quant_types[0] if len(quant_types) == 1 else quant_types,
+        "double_quant": quant.double_quant,
+        "compute_dtype": quant.compute_dtype,
+        "linear_4bit_layers": len(layers),
+    }

@@ -1,0 +1,95 @@
+"""The training process: `python -m worker.runner JOB_ID ATTEMPT`, started fresh for each job by the task.
+
+A fresh process per job frees all GPU memory when it exits and keeps torch out of the Celery worker.
+"""
+
+import logging
+import os
+import sys
+from typing import Any
+
+from shared.db import session_scope
+from shared.errors import FtqError, JobFailure
+from shared.jobs import fail_job, get_job, record_progress, record_stats, succeed_job
+from shared.settings import get_settings
+from shared.spec import JobSpec
+
+log = logging.getLogger("ftq.runner")
+
+
+class JobReporter:
+    """Writes stats and progress to the job row in short transactions, fenced by the attempt."""
+
+    def __init__(self, job_id: str, attempt: int) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+
+    def stats(self, stats: Any) -> bool:
+        """Store the dataset statistics."""
+        with session_scope() as session:
+            ok = record_stats(session=session, job_id=self.job_id, attempt=self.attempt, stats=stats.as_dict())
+            session.commit()
+        return ok
+
+    def progress(self, progress: dict[str, Any]) -> bool:
+        """Store the latest progress."""
+        with session_scope() as session:
+            ok = record_progress(session=session, job_id=self.job_id, attempt=self.attempt, progress=progress)
+            session.commit()
+        return ok
+
+
+def classify(exc: BaseException) -> FtqError:
+    """Turn an unexpected exception into the job's error."""
+    if isinstance(exc, FtqError):
+        return exc
+    name = type(exc).__name__
+    if "OutOfMemoryError" in name:
+        return JobFailure(f"out of memory: {exc}", code="out_of_memory", param="hyperparameters.batch_size")
+    return JobFailure(f"{name}: {exc}", code="training_error")
+
+
+def run(job_id: str, attempt: int) -> int:
+    """Train one attempt of a job and record how it ended; the exit code is 0 when the outcome is recorded."""
+    from worker.training import train  # heavy imports only after the job is known to exist
+
+    settings = get_settings()
+    with session_scope() as session:
+        spec = JobSpec.model_validate(get_job(session=session, job_id=job_id).spec)
+    reporter = JobReporter(job_id, attempt)
+    job_dir = settings.jobs_dir / job_id
+    try:
+        outcome = train(
+            spec,
+            job_dir,
+            settings.allowed_roots,
+            reporter,
+            run_name=spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id,
+            interval_s=settings.progress_interval_s,
+        )
+    except Exception as exc:
+        error = classify(exc)
+        log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
+        with session_scope() as session:
+            fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
+            session.commit()
+        return 0
+    with session_scope() as session:
+        stored = succeed_job(
+            session=session, job_id=job_id, attempt=attempt, result=outcome.result, progress=outcome.progress
+        )
+        session.commit()
+    log.info("job %s attempt %s finished (%s)", job_id, attempt, "recorded" if stored else "fenced off")
+    return 0
+
+
+def main() -> None:
+    """Entry point of the training process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job_id, attempt = sys.argv[1], int(sys.argv[2])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(run(job_id, attempt))
+
+
+if __name__ == "__main__":
+    main()
