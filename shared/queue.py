@@ -32,7 +32,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
     if settings.uses_embedded_broker:
         # kombu's SQLAlchemy transport has no fanout: remote control, gossip and mingle need it.
         config["worker_enable_remote_control"] = False
-        config["broker_transport_options"] = {"polling_interval": 0.5}
     return config
 
 

@@ -66,7 +66,7 @@ def build_sft_config(
         save_strategy="steps",
         save_steps=hp.save_steps,
         logging_steps=hp.logging_steps,
-        gradient_checkpointing=hp.gradient_checkpointing,
+        activation_checkpointing=hp.gradient_checkpointing,  # the new name of gradient_checkpointing
         bf16=quant.compute_dtype == "bfloat16",
         fp16=quant.compute_dtype == "float16" and not use_cpu,
         use_cpu=use_cpu,

@@ -1,0 +1,118 @@
+"""Fixtures on real parts: SQLite files, a PostgreSQL database per test module, the local Redis, a tiny Llama."""
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from shared.db import reset_engines
+from shared.migrate import upgrade_database
+from shared.queue import get_celery
+from shared.settings import get_settings
+
+REPO = Path(__file__).resolve().parent.parent
+PRICER_ROWS = REPO / "examples" / "data" / "pricer-400.jsonl"
+POSTGRES_ADMIN = os.environ.get("FTQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FTQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def clear_caches() -> None:
+    """Forget cached settings, engines and the Celery client after the environment changed."""
+    get_settings.cache_clear()
+    get_celery.cache_clear()
+    reset_engines()
+
+
+@pytest.fixture(scope="session")
+def pricer_rows() -> list[dict[str, object]]:
+    """The bundled slice of real pricer rows."""
+    return [json.loads(line) for line in PRICER_ROWS.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def local_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The allowed root for local models and datasets."""
+    return tmp_path_factory.mktemp("files")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(local_root: Path) -> Path:
+    """A tiny random Llama with a BPE tokenizer trained on the pricer rows, saved like a Hub model."""
+    from worker.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(PRICER_ROWS, local_root / "models" / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def train_file(local_root: Path, pricer_rows: list[dict[str, object]]) -> Path:
+    """48 pricer rows as a .jsonl file under the allowed root."""
+    path = local_root / "data" / "pricer-48.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in pricer_rows[:48]))
+    return path
+
+
+def _create_postgres_db() -> str:
+    name = f"ftq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_postgres_db(url: str) -> None:
+    reset_engines()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ftq.db'}"
+        upgrade_database(url)
+        yield url
+        return
+    url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
+    upgrade_database(url)
+    yield url
+    _drop_postgres_db(url)
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A Redis queue of this test's own, so runs never share messages."""
+    return f"ftq-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_client(queue_name: str) -> Iterator[redis.Redis]:
+    """A client of the local Redis; the test's queue is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.delete(queue_name)
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, local_root: Path, queue_name: str
+) -> Iterator[dict[str, str]]:
+    """Point settings at this test's database, data dir, Redis queue and allowed root."""
+    values = {
+        "FTQ_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "BROKER_URL": REDIS_URL,
+        "FTQ_QUEUE": queue_name,
+        "FTQ_LOCAL_ROOTS": str(local_root),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    clear_caches()
+    yield values
+    clear_caches()

@@ -1,0 +1,217 @@
+"""The jobs API on SQLite and PostgreSQL, with the real Redis broker behind it."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from shared.auth import create_api_key
+from shared.db import session_scope
+
+
+@pytest.fixture
+def api_key(env: dict[str, str]) -> str:
+    """A fresh API key in the test database."""
+    with session_scope() as session:
+        _key, raw = create_api_key(session=session, name="tester")
+        session.commit()
+    return raw
+
+
+@pytest.fixture
+def client(env: dict[str, str], api_key: str) -> Iterator[TestClient]:
+    """An authenticated client of the API."""
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
+    """The smallest valid spec: a local model and a local dataset."""
+    return {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
+
+
+def queued_messages(redis_client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The Celery messages waiting in a Redis queue, decoded."""
+    return [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+
+
+def job_count(client: TestClient) -> int:
+    """How many jobs the API lists."""
+    return len(client.get("/jobs", params={"limit": 100}).json()["data"])
+
+
+def test_create_fills_course_defaults_and_enqueues_only_the_id(
+    client: TestClient, spec: dict[str, Any], redis_client: redis.Redis, queue_name: str
+) -> None:
+    response = client.post("/jobs", json=spec)
+
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["id"].startswith("ftjob-")
+    hp, lora, quant = job["spec"]["hyperparameters"], job["spec"]["lora"], job["spec"]["quantization"]
+    assert (hp["max_length"], hp["batch_size"], hp["learning_rate"], hp["lr_scheduler"]) == (182, 16, 1e-4, "cosine")
+    assert (hp["warmup_ratio"], hp["optimizer"], hp["save_steps"]) == (0.03, "paged_adamw_32bit", 5000)
+    assert (lora["r"], lora["alpha"], lora["dropout"]) == (32, 64, 0.1)
+    assert lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert quant == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+    assert job["spec"]["dataset"]["response_template"] == "Price is $"
+    messages = queued_messages(redis_client, queue_name)
+    assert len(messages) == 1
+    assert messages[0]["headers"]["task"] == "ftq.run_job"
+    assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
+
+
+def test_created_job_reads_back_the_same(client: TestClient, spec: dict[str, Any]) -> None:
+    created = client.post("/jobs", json={**spec, "metadata": {"team": "pricing"}}).json()
+
+    read = client.get(f"/jobs/{created['id']}")
+
+    assert read.status_code == 200
+    assert read.json() == created
+    assert read.json()["metadata"] == {"team": "pricing"}
+    assert read.json()["progress"]["step"] == 0 and read.json()["error"] is None
+
+
+def test_requests_without_a_valid_key_are_401(env: dict[str, str], spec: dict[str, Any]) -> None:
+    with TestClient(create_app()) as anonymous:
+        assert anonymous.get("/jobs").status_code == 401
+        response = anonymous.post("/jobs", json=spec, headers={"Authorization": "Bearer ftq_not-a-key"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        (lambda s: s.pop("base_model"), "base_model"),
+        (lambda s: s.update(colour="blue"), "colour"),
+        (lambda s: s["dataset"].update(split_ratio=0.9), "dataset.split_ratio"),
+        (lambda s: s.update(hyperparameters={"batch_size": "16"}), "hyperparameters.batch_size"),
+        (lambda s: s.update(hyperparameters={"learning_rate": [0.1]}), "hyperparameters.learning_rate"),
+        (lambda s: s.update(hyperparameters={"batch_size": 0}), "hyperparameters.batch_size"),
+        (lambda s: s.update(hyperparameters={"max_length": 10_000_000}), "hyperparameters.max_length"),
+        (lambda s: s.update(hyperparameters={"optimizer": "lion"}), "hyperparameters.optimizer"),
+        (lambda s: s.update(lora={"r": 0}), "lora.r"),
+        (lambda s: s.update(lora={"target_modules": []}), "lora.target_modules"),
+        (lambda s: s.update(quantization={"bits": 8}), "quantization.bits"),
+        (lambda s: s.update(base_model="not a model id!"), "base_model"),
+        (lambda s: s.update(hub={"repo_id": "no-namespace"}), "hub.repo_id"),
+        (lambda s: s.update(metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
+    ],
+)
+def test_invalid_spec_is_422_naming_the_field_and_stores_nothing(
+    client: TestClient, spec: dict[str, Any], change: Any, param: str
+) -> None:
+    body = json.loads(json.dumps(spec))
+    change(body)
+
+    response = client.post("/jobs", json=body)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["param"] == param
+    assert param in {d["param"] for d in error["details"]}
+    assert job_count(client) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "path", "code"),
+    [
+        ("base_model", "/etc", "path_not_allowed"),
+        ("base_model", "{root}/../outside", "path_not_allowed"),
+        ("base_model", "{root}/models/no-such-model", "model_not_found"),
+        ("dataset.id", "/etc/passwd.jsonl", "path_not_allowed"),
+        ("dataset.id", "{root}/data/missing.jsonl", "dataset_not_found"),
+        ("dataset.id", "{root}/models/tiny-llama/model.safetensors", "unsupported_format"),
+    ],
+)
+def test_local_paths_outside_roots_or_missing_are_422(
+    client: TestClient, spec: dict[str, Any], local_root: Path, field: str, path: str, code: str
+) -> None:
+    value = path.format(root=local_root)
+    if field == "base_model":
+        spec["base_model"] = value
+    else:
+        spec["dataset"]["id"] = value
+
+    response = client.post("/jobs", json=spec)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["param"] == field
+    assert job_count(client) == 0
+
+
+def test_symlink_escaping_the_root_is_refused(client: TestClient, spec: dict[str, Any], local_root: Path) -> None:
+    link = local_root / "data" / "escape.jsonl"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/hostname")
+    spec["dataset"]["id"] = str(link)
+
+    response = client.post("/jobs", json=spec)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "path_not_allowed"
+
+
+def test_list_pages_newest_first_without_gaps(client: TestClient, spec: dict[str, Any]) -> None:
+    created = [client.post("/jobs", json=spec).json()["id"] for _ in range(5)]
+
+    seen, after = [], None
+    while True:
+        page = client.get("/jobs", params={"limit": 2, **({"after": after} if after else {})}).json()
+        seen += [job["id"] for job in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+
+    assert seen == list(reversed(created))
+
+
+def test_list_filters_by_status(client: TestClient, spec: dict[str, Any]) -> None:
+    client.post("/jobs", json=spec)
+
+    assert len(client.get("/jobs", params={"status": "queued"}).json()["data"]) == 1
+    assert client.get("/jobs", params={"status": "running"}).json() == {"object": "list", "data": [], "has_more": False}
+    assert client.get("/jobs", params={"status": "exploded"}).status_code == 422
+    assert client.get("/jobs", params={"limit": 0}).json()["error"]["param"] == "limit"
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    response = client.get("/jobs/ftjob-000000000000000000000000")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_unreachable_broker_is_503_and_the_job_is_marked_failed(
+    client: TestClient, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import clear_caches
+
+    monkeypatch.setenv("BROKER_URL", "redis://127.0.0.1:1/0")
+    clear_caches()
+
+    response = client.post("/jobs", json=spec)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "queue_unavailable"
+    jobs = client.get("/jobs").json()["data"]
+    assert [(j["status"], j["error"]["code"]) for j in jobs] == [("failed", "queue_unavailable")]
+
+
+def test_healthz_and_openapi_describe_every_spec_field(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    for name in ("Hyperparameters", "LoraSpec", "QuantizationSpec", "DatasetSpec"):
+        for field, schema in schemas[name]["properties"].items():
+            assert schema.get("description"), f"{name}.{field} has no description"
