@@ -157,3 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `ftq`."""
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+# Two commands for a fresh clone: `make run` (demo stack) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= .ftq-data
+PORT ?= 8000
+
+.PHONY: install run test lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch==2.13.0 is pinned in the worker extra: on the dev/CI machines pip takes the local CPU wheel.
+	$(BIN)/pip install -q -e '.[worker,dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	HF_HUB_OFFLINE=1 $(BIN)/ftq up --data-dir $(DATA_DIR) --port $(PORT) --demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest
