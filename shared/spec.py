@@ -160,10 +160,14 @@ class JobSpec(Strict):
     """A QLoRA supervised fine-tune: base model, data, and how to train."""
 
     base_model: ModelRef
-    dataset: DatasetSpec
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    dataset: DatasetSpec = Field(..., description="Training rows and how to split them.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Optimisation settings; defaults are the course's."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter; defaults are the course's.")
+    quantization: QuantizationSpec = Field(
+        default_factory=QuantizationSpec, description="4-bit quantization of the frozen base model."
+    )
     hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
     wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")
     metadata: dict[MetaKey, MetaValue] = Field(

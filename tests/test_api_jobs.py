@@ -212,6 +212,6 @@ def test_healthz_and_openapi_describe_every_spec_field(client: TestClient) -> No
     assert client.get("/healthz").json() == {"status": "ok"}
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
 
-    for name in ("Hyperparameters", "LoraSpec", "QuantizationSpec", "DatasetSpec"):
+    for name in ("JobSpec", "Hyperparameters", "LoraSpec", "QuantizationSpec", "DatasetSpec", "HubSpec", "WandbSpec"):
         for field, schema in schemas[name]["properties"].items():
             assert schema.get("description"), f"{name}.{field} has no description"
