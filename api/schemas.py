@@ -1,12 +1,20 @@
 """Response bodies of the API (the request body is `shared.spec.JobSpec` itself)."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from shared.models import Job, JobStatus
+from shared.models import EventType, Job, JobStatus
 from shared.spec import JobSpec
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class Progress(BaseModel):
@@ -57,9 +65,9 @@ class JobRead(BaseModel):
     id: str
     object: str = "fine_tuning.job"
     status: JobStatus
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     spec: JobSpec
     progress: Progress
     stats: Stats
@@ -67,11 +75,7 @@ class JobRead(BaseModel):
     error: ErrorInfo | None
     attempt: int
     metadata: dict[str, str]
-
-    @field_serializer("created_at", "started_at", "finished_at")
-    def _as_utc(self, value: datetime | None) -> datetime | None:
-        # SQLite hands back naive datetimes; every stored time is UTC.
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    wandb_url: str | None = Field(None, description="The W&B run page, once the run has started online.")
 
     @classmethod
     def from_job(cls, job: Job) -> "JobRead":
@@ -92,6 +96,7 @@ class JobRead(BaseModel):
             error=error,
             attempt=job.attempt,
             metadata=job.metadata_ or {},
+            wandb_url=job.wandb_url,
         )
 
 
@@ -101,3 +106,44 @@ class JobList(BaseModel):
     object: str = "list"
     data: list[JobRead]
     has_more: bool
+
+
+class EventRead(BaseModel):
+    """One entry of a job's event log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    object: str = "fine_tuning.job.event"
+    created_at: UtcDatetime
+    type: EventType
+    level: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    """A page of events, oldest first; pass the last id as `after` for the next page."""
+
+    object: str = "list"
+    data: list[EventRead]
+    has_more: bool
+
+
+class CheckpointRead(BaseModel):
+    """A complete checkpoint of a job."""
+
+    object: str = "fine_tuning.job.checkpoint"
+    step: int
+    created_at: UtcDatetime
+    metrics: dict[str, float]
+    download_url: str
+    hub_commit_url: str | None
+
+
+class CheckpointList(BaseModel):
+    """A job's checkpoints by step."""
+
+    object: str = "list"
+    data: list[CheckpointRead]
+    has_more: bool = False

@@ -1,6 +1,7 @@
 """Job operations shared by the API and the worker. They flush but never commit: the caller owns the transaction.
 
 Writes by a worker are fenced by `attempt`: a write from an attempt that is no longer current matches no row.
+Every change of status appends a `status` event in the same transaction.
 """
 
 from typing import Any
@@ -9,8 +10,16 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, JobNotFound
-from shared.models import Job, JobStatus, utcnow
+from shared.events import add_event
+from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
 from shared.spec import JobSpec
+
+
+class InvalidTransition(FtqError):
+    """The job's status does not allow this action."""
+
+    status_code = 409
+    code = "invalid_state"
 
 
 def create_job(*, session: Session, spec: JobSpec, owner_id: str) -> Job:
@@ -23,6 +32,7 @@ def create_job(*, session: Session, spec: JobSpec, owner_id: str) -> Job:
     )
     session.add(job)
     session.flush()
+    add_event(session=session, job_id=job.id, type=EventType.status, message="queued", data={"status": "queued"})
     return job
 
 
@@ -43,14 +53,21 @@ def list_jobs(
         query = query.where(Job.status == status)
     if after is not None:
         cursor = get_job(session=session, job_id=after)
-        query = query.where(
-            or_(
-                Job.created_at < cursor.created_at,
-                and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
-            )
-        )
+        newer = and_(Job.created_at == cursor.created_at, Job.id < cursor.id)
+        query = query.where(or_(Job.created_at < cursor.created_at, newer))
     rows = list(session.scalars(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def _set_status(session: Session, job_id: str, status: JobStatus, message: str, **data: Any) -> None:
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.status,
+        message=message,
+        data={"status": status.value, **data},
+        level="error" if status is JobStatus.failed else "info",
+    )
 
 
 def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
@@ -58,86 +75,177 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.running,
-            attempt=Job.attempt + 1,
-            worker=worker,
-            started_at=now,
-            heartbeat_at=now,
-        )
+        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested_at.is_(None))
+        .values(status=JobStatus.running, attempt=Job.attempt + 1, worker=worker, started_at=now, heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    return session.scalar(select(Job.attempt).where(Job.id == job_id))
+    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    _set_status(session, job_id, JobStatus.running, f"running (attempt {attempt} on {worker})", attempt=attempt)
+    return attempt
 
 
-def _fenced_update(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
+def _fenced_update(session: Session, job_id: str, attempt: int, statuses: tuple[JobStatus, ...], **values: Any) -> bool:
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+RUNNING = (JobStatus.running,)
+LIVE = (JobStatus.running, JobStatus.cancelling)
+
+
 def record_progress(*, session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
-    """Store the latest progress of a running attempt; False when the attempt is fenced off."""
-    return _fenced_update(session, job_id, attempt, progress=progress, heartbeat_at=utcnow())
+    """Store the latest progress; False once the attempt should stop (cancelled, or no longer current)."""
+    return _fenced_update(session, job_id, attempt, RUNNING, progress=progress, heartbeat_at=utcnow())
 
 
 def record_stats(*, session: Session, job_id: str, attempt: int, stats: dict[str, Any]) -> bool:
     """Store the dataset statistics of a running attempt."""
-    return _fenced_update(session, job_id, attempt, stats=stats)
+    if not _fenced_update(session, job_id, attempt, LIVE, stats=stats):
+        return False
+    add_event(session=session, job_id=job_id, type=EventType.log, message="dataset tokenized", data=stats)
+    return True
 
 
 def succeed_job(
     *, session: Session, job_id: str, attempt: int, result: dict[str, Any], progress: dict[str, Any]
 ) -> bool:
     """Mark a running attempt `succeeded` with its result."""
-    return _fenced_update(
-        session,
-        job_id,
-        attempt,
-        status=JobStatus.succeeded,
-        result=result,
-        progress=progress,
-        finished_at=utcnow(),
-    )
+    values = {"status": JobStatus.succeeded, "result": result, "progress": progress, "finished_at": utcnow()}
+    if not _fenced_update(session, job_id, attempt, RUNNING, **values):
+        return False
+    _set_status(session, job_id, JobStatus.succeeded, "succeeded")
+    return True
 
 
 def fail_job(*, session: Session, job_id: str, attempt: int, error: FtqError) -> bool:
-    """Mark a running attempt `failed` with the error's code, message and param."""
-    return _fenced_update(
-        session,
-        job_id,
-        attempt,
-        status=JobStatus.failed,
-        error_code=error.code,
-        error_message=error.message[:4000],
-        error_param=error.param,
-        finished_at=utcnow(),
-    )
+    """Mark a live attempt `failed` with the error's code, message and param."""
+    values = {
+        "status": JobStatus.failed,
+        "error_code": error.code,
+        "error_message": error.message[:4000],
+        "error_param": error.param,
+        "finished_at": utcnow(),
+    }
+    if not _fenced_update(session, job_id, attempt, LIVE, **values):
+        return False
+    _set_status(session, job_id, JobStatus.failed, f"failed: {error.code}", error=error.as_dict())
+    return True
 
 
-def is_current_attempt(*, session: Session, job_id: str, attempt: int) -> bool:
-    """True while `attempt` is the live, running attempt of the job."""
-    row = session.execute(select(Job.attempt, Job.status).where(Job.id == job_id)).one_or_none()
-    return row is not None and row.attempt == attempt and row.status == JobStatus.running
+def finish_cancel(*, session: Session, job_id: str, attempt: int) -> bool:
+    """Mark a cancelling attempt `cancelled` once its trainer has stopped."""
+    if not _fenced_update(
+        session, job_id, attempt, (JobStatus.cancelling,), status=JobStatus.cancelled, finished_at=utcnow()
+    ):
+        return False
+    _set_status(session, job_id, JobStatus.cancelled, "cancelled")
+    return True
+
+
+def cancel_job(*, session: Session, job: Job) -> Job:
+    """Cancel a job: a queued one at once, a running one at its next step (`cancelling`)."""
+    if job.status.is_terminal:
+        raise InvalidTransition(f"job is already {job.status.value}", param="job_id")
+    if job.status is JobStatus.cancelling:
+        return job
+    job.cancel_requested_at = utcnow()
+    if job.status is JobStatus.running:
+        job.status = JobStatus.cancelling
+        _set_status(session, job.id, JobStatus.cancelling, "cancel requested; stopping at the next step")
+    else:
+        job.status = JobStatus.cancelled
+        job.finished_at = utcnow()
+        _set_status(session, job.id, JobStatus.cancelled, "cancelled before it started")
+    session.flush()
+    return job
 
 
 def fail_job_unqueued(*, session: Session, job_id: str, message: str) -> None:
     """Fail a job that never reached the queue, so it does not sit `queued` forever."""
-    session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.failed,
-            error_code="queue_unavailable",
-            error_message=message,
-            finished_at=utcnow(),
-        )
+        .values(status=JobStatus.failed, error_code="queue_unavailable", error_message=message, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        _set_status(session, job_id, JobStatus.failed, "failed: queue_unavailable")
+
+
+def is_cancelling(*, session: Session, job_id: str, attempt: int) -> bool:
+    """True while the attempt is current and a cancel waits for it to stop."""
+    row = session.execute(select(Job.attempt, Job.status).where(Job.id == job_id)).one_or_none()
+    return row is not None and row.attempt == attempt and row.status == JobStatus.cancelling
+
+
+def _is_live_attempt(session: Session, job_id: str, attempt: int) -> bool:
+    row = session.execute(select(Job.attempt, Job.status).where(Job.id == job_id)).one_or_none()
+    return row is not None and row.attempt == attempt and row.status in LIVE
+
+
+def record_metrics(*, session: Session, job_id: str, attempt: int, step: int, metrics: dict[str, float]) -> bool:
+    """Append a `progress` event with the metrics logged at a step."""
+    if not _is_live_attempt(session, job_id, attempt):
+        return False
+    summary = f"step {step}: loss {metrics['loss']:.4f}" if "loss" in metrics else f"step {step}"
+    add_event(session=session, job_id=job_id, type=EventType.progress, message=summary, data={"step": step, **metrics})
+    return True
+
+
+def record_checkpoint(
+    *, session: Session, job_id: str, attempt: int, step: int, path: str, metrics: dict[str, float]
+) -> Checkpoint | None:
+    """Record a checkpoint that is complete on disk, with a `checkpoint` event."""
+    if not _is_live_attempt(session, job_id, attempt):
+        return None
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step))
+    if checkpoint is None:
+        checkpoint = Checkpoint(job_id=job_id, step=step, path=path, metrics=metrics)
+        session.add(checkpoint)
+    else:  # a resumed attempt saved the same step again
+        checkpoint.path, checkpoint.metrics, checkpoint.created_at = path, metrics, utcnow()
+    session.flush()
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.checkpoint,
+        message=f"checkpoint at step {step}",
+        data={"step": step, "metrics": metrics},
+    )
+    return checkpoint
+
+
+def list_checkpoints(*, session: Session, job_id: str) -> list[Checkpoint]:
+    """A job's checkpoints by step."""
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
+
+
+def requeue_job(*, session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """Hand a live attempt's job back to the queue (it resumes from its last complete checkpoint)."""
+    values = {"status": JobStatus.queued, "worker": None}
+    if not _fenced_update(session, job_id, attempt, RUNNING, **values):
+        return False
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.warning,
+        level="warning",
+        message=f"attempt {attempt} lost ({reason}); queued again to resume from the last checkpoint",
+        data={"status": JobStatus.queued.value, "attempt": attempt, "reason": reason},
+    )
+    return True
+
+
+def record_log(*, session: Session, job_id: str, attempt: int, message: str, data: dict[str, Any]) -> bool:
+    """Append a `log` event from a live attempt."""
+    if not _is_live_attempt(session, job_id, attempt):
+        return False
+    add_event(session=session, job_id=job_id, type=EventType.log, message=message, data=data)
+    return True

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     local_roots: str | None = Field(None, validation_alias="FTQ_LOCAL_ROOTS")
     queue_name: str = Field("ftq.gpu", validation_alias="FTQ_QUEUE")
     progress_interval_s: float = Field(1.0, ge=0.0, validation_alias="FTQ_PROGRESS_INTERVAL")
+    max_attempts: int = Field(3, ge=1, le=100, validation_alias="FTQ_MAX_ATTEMPTS")
+    cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
     hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
     wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")
 

@@ -5,15 +5,21 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
-from shared.db import reset_engines
+from api.main import create_app
+from shared.auth import create_api_key
+from shared.db import reset_engines, session_scope
 from shared.migrate import upgrade_database
 from shared.queue import get_celery
 from shared.settings import get_settings
+from tests.services import running_stack
 
 REPO = Path(__file__).resolve().parent.parent
 PRICER_ROWS = REPO / "examples" / "data" / "pricer-400.jsonl"
@@ -116,3 +122,54 @@ def env(
     clear_caches()
     yield values
     clear_caches()
+
+
+@pytest.fixture
+def api_key(env: dict[str, str]) -> str:
+    """A fresh API key in the test database."""
+    with session_scope() as session:
+        _key, raw = create_api_key(session=session, name="tester")
+        session.commit()
+    return raw
+
+
+@pytest.fixture
+def client(env: dict[str, str], api_key: str) -> Iterator[TestClient]:
+    """An authenticated client of the API."""
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
+    """The smallest valid spec: a local model and a local dataset."""
+    return {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
+) -> Iterator[httpx.Client]:
+    """A running API + worker on SQLite or PostgreSQL, and a client holding a fresh key."""
+    data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'ftq.db'}"
+    else:
+        url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
+    env = {
+        "FTQ_DATA_DIR": str(data_dir),
+        "DATABASE_URL": url,
+        "BROKER_URL": REDIS_URL,
+        "FTQ_QUEUE": f"ftq-e2e-{uuid.uuid4().hex[:8]}",
+        "FTQ_LOCAL_ROOTS": str(local_root),
+    }
+    upgrade_database(url)
+    with session_scope(url) as session:
+        _key, raw = create_api_key(session=session, name="e2e")
+        session.commit()
+    with running_stack(env, data_dir / "logs") as base_url:
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
+            yield client
+    clear_caches()
+    if request.param == "postgres":
+        _drop_postgres_db(url)

@@ -1,5 +1,6 @@
 """Run the real API and Celery worker as processes for end-to-end tests."""
 
+import json
 import os
 import signal
 import socket
@@ -90,3 +91,19 @@ def wait_for_end(client: httpx.Client, job_id: str, timeout_s: float = 300) -> d
             return job
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+
+
+def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[tuple[str, str, Any]]:
+    """Read a whole Server-Sent Events stream as (id, event, data) tuples."""
+    out, current = [], {"id": "", "event": "message", "data": ""}
+    with client.stream("GET", url, headers=headers or {}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                out.append((current["id"], current["event"], json.loads(current["data"] or "null")))
+                current = {"id": "", "event": "message", "data": ""}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = value
+    return out

@@ -1,7 +1,6 @@
 """The jobs API on SQLite and PostgreSQL, with the real Redis broker behind it."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,30 +9,6 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared.auth import create_api_key
-from shared.db import session_scope
-
-
-@pytest.fixture
-def api_key(env: dict[str, str]) -> str:
-    """A fresh API key in the test database."""
-    with session_scope() as session:
-        _key, raw = create_api_key(session=session, name="tester")
-        session.commit()
-    return raw
-
-
-@pytest.fixture
-def client(env: dict[str, str], api_key: str) -> Iterator[TestClient]:
-    """An authenticated client of the API."""
-    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
-    """The smallest valid spec: a local model and a local dataset."""
-    return {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
 
 
 def queued_messages(redis_client: redis.Redis, queue: str) -> list[dict[str, Any]]:

@@ -1,52 +1,20 @@
 """Submit jobs over HTTP to a running API and a real Celery worker (Redis broker) that trains in 4-bit on the CPU."""
 
+import io
 import json
 import math
+import tarfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.auth import create_api_key
-from shared.db import session_scope
-from shared.migrate import upgrade_database
-from tests.conftest import REDIS_URL, _create_postgres_db, _drop_postgres_db, clear_caches
-from tests.services import running_stack, wait_for_end
+from tests.services import read_sse, wait_for_end
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 BATCH = 8
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
-) -> Iterator[httpx.Client]:
-    """A running API + worker on SQLite or PostgreSQL, and a client holding a fresh key."""
-    data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{data_dir / 'ftq.db'}"
-    else:
-        url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
-    env = {
-        "FTQ_DATA_DIR": str(data_dir),
-        "DATABASE_URL": url,
-        "BROKER_URL": REDIS_URL,
-        "FTQ_QUEUE": f"ftq-e2e-{uuid.uuid4().hex[:8]}",
-        "FTQ_LOCAL_ROOTS": str(local_root),
-    }
-    upgrade_database(url)
-    with session_scope(url) as session:
-        _key, raw = create_api_key(session=session, name="e2e")
-        session.commit()
-    with running_stack(env, data_dir / "logs") as base_url:
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
-            yield client
-    clear_caches()
-    if request.param == "postgres":
-        _drop_postgres_db(url)
 
 
 def submit(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
@@ -66,10 +34,14 @@ def test_job_trains_a_4bit_lora_adapter_to_success(
         "hyperparameters": {"batch_size": BATCH, "max_length": 320, "logging_steps": 2, "save_steps": 4},
     }
 
-    job = wait_for_end(api, submit(api, spec)["id"])
+    job_id = submit(api, spec)["id"]
+    streamed = read_sse(api, f"/jobs/{job_id}/events/stream")
+    job = wait_for_end(api, job_id)
 
     assert job["status"] == "succeeded", job["error"]
     assert job["attempt"] == 1 and job["started_at"] and job["finished_at"]
+    assert_events_tell_the_whole_story(api, job_id, streamed)
+    assert_checkpoints_are_listed_and_download(api, job_id, total_steps=math.ceil(48 / BATCH))
     total = math.ceil(48 / BATCH)
     assert job["progress"]["step"] == job["progress"]["total_steps"] == total
     assert job["progress"]["trained_tokens"] == job["stats"]["tokens"]
@@ -79,6 +51,32 @@ def test_job_trains_a_4bit_lora_adapter_to_success(
     assert job["result"]["quantization"]["quant_type"] == "nf4"
     assert 0 < job["result"]["trainable_params"] < job["result"]["total_params"]
     assert_adapter_loads_with_peft_on_a_4bit_base(Path(job["result"]["adapter_path"]), tiny_model)
+
+
+def assert_events_tell_the_whole_story(api: httpx.Client, job_id: str, streamed: list[tuple[str, str, Any]]) -> None:
+    """The live stream carried the same events as the log, in order: statuses, metrics, checkpoints."""
+    events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    assert [int(i) for i, _e, _d in streamed[:-1]] == [e["id"] for e in events]
+    assert streamed[-1][1] == "end"
+    assert [e["data"]["status"] for e in events if e["type"] == "status"] == ["queued", "running", "succeeded"]
+    progress = [e["data"] for e in events if e["type"] == "progress"]
+    assert [p["step"] for p in progress] == [2, 4, 6] and all(p["loss"] > 0 for p in progress)
+    assert [e["data"]["step"] for e in events if e["type"] == "checkpoint"] == [4, 6]
+    assert any(e["type"] == "log" and e["data"].get("rows") == 48 for e in events)
+
+
+def assert_checkpoints_are_listed_and_download(api: httpx.Client, job_id: str, total_steps: int) -> None:
+    """Checkpoints at save_steps and at the end, complete on disk, each downloadable as an adapter archive."""
+    checkpoints = api.get(f"/jobs/{job_id}/checkpoints").json()["data"]
+    assert [c["step"] for c in checkpoints] == [4, total_steps]
+    assert all(c["metrics"]["loss"] > 0 for c in checkpoints)
+    for url in (checkpoints[0]["download_url"], f"/jobs/{job_id}/adapter/download"):
+        response = api.get(url)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/gzip"
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as archive:
+            names = {Path(name).name for name in archive.getnames()}
+        assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
+        assert "optimizer.pt" not in names
 
 
 def assert_stats_count_the_completion_tokens(

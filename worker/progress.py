@@ -1,29 +1,50 @@
-"""A trainer callback that reports progress to the job row, at most once per interval."""
+"""Trainer callbacks that report to the job: progress (at most once per interval), logged metrics as events,
+complete checkpoints, and a stop at the next step once the job is cancelled or taken from this attempt."""
 
 import time
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-Report = Callable[[dict[str, Any]], bool]
+COMPLETE_MARKER = ".complete"
+METRIC_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy")
+
+
+class Reporter(Protocol):
+    """Where a training attempt sends what it learns; `progress` returns False once the attempt must stop."""
+
+    def stats(self, stats: Any) -> bool: ...
+
+    def progress(self, progress: dict[str, Any]) -> bool: ...
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def log(self, message: str, data: dict[str, Any]) -> None: ...
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None: ...
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns trainer state into the job's `progress`; stops training when the report is refused (fenced)."""
+    """Turns trainer state into the job's `progress` and `progress` events; stops when the report is refused."""
 
-    def __init__(self, report: Report, interval_s: float) -> None:
-        self.report = report
+    def __init__(self, reporter: Reporter, interval_s: float) -> None:
+        self.reporter = reporter
         self.interval_s = interval_s
         self.progress: dict[str, Any] = {"step": 0, "trained_tokens": 0}
+        self.metrics: dict[str, float] = {}
+        self.stopped = False
         self._started = 0.0
+        self._start_step = 0
+        self._start_tokens = 0
         self._last_report = 0.0
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Start the clock and publish the planned step count."""
+        """Start the clock (after a resume, from where it resumed) and publish the planned step count."""
         self._started = time.monotonic()
+        self._start_step, self._start_tokens = state.global_step, int(state.num_input_tokens_seen)
         self.progress.update(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch or 0.0)
         self._send(control, force=True)
 
@@ -35,25 +56,27 @@ class ProgressCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Keep the latest loss and learning rate."""
-        logs = logs or {}
-        if "loss" in logs:
-            self.progress["loss"] = float(logs["loss"])
-        if "learning_rate" in logs:
-            self.progress["learning_rate"] = float(logs["learning_rate"])
+        """Keep the latest metrics and publish them as a `progress` event."""
+        found = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_KEYS}
+        if "loss" not in found:
+            return
+        self.metrics = found
+        self.progress.update(loss=found["loss"], learning_rate=found.get("learning_rate"))
+        self.reporter.metrics(state.global_step, {**found, "epoch": float(state.epoch or 0.0)})
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Update step, tokens, speed and ETA; write them out when the interval has passed."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
         step, total = state.global_step, state.max_steps
         tokens = int(state.num_input_tokens_seen)
+        done_here = step - self._start_step
         self.progress.update(
             step=step,
             total_steps=total,
             epoch=state.epoch,
             trained_tokens=tokens,
-            tokens_per_second=round(tokens / elapsed, 2),
-            eta_seconds=round(elapsed / step * (total - step), 1) if step else None,
+            tokens_per_second=round((tokens - self._start_tokens) / elapsed, 2),
+            eta_seconds=round(elapsed / done_here * (total - step), 1) if done_here else None,
         )
         self._send(control, force=step >= total)
 
@@ -62,6 +85,34 @@ class ProgressCallback(TrainerCallback):
         if not force and now - self._last_report < self.interval_s:
             return
         self._last_report = now
-        if not self.report(dict(self.progress)):
-            # The job is no longer ours (cancelled or taken over): stop at this step.
+        if not self.reporter.progress(dict(self.progress)):
+            # Cancelled, or the job is no longer this attempt's: stop after this step.
+            self.stopped = True
             control.should_training_stop = True
+
+
+class CheckpointCallback(TrainerCallback):
+    """Saves at the last step too, marks each checkpoint complete once written, and records it."""
+
+    def __init__(self, reporter: Reporter, progress: ProgressCallback) -> None:
+        self.reporter = reporter
+        self.progress = progress
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """Ask for a save at the final step, so the end of training is a checkpoint as well."""
+        if state.global_step >= state.max_steps and not self.progress.stopped:
+            control.should_save = True
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """Runs after the checkpoint directory is fully written: only now is it marked complete."""
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not path.is_dir():
+            return
+        (path / COMPLETE_MARKER).touch()
+        self.reporter.checkpoint(state.global_step, path, dict(self.progress.metrics))
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint directory marked complete, or None (a half-written one is skipped)."""
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)

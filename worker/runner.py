@@ -6,11 +6,22 @@ A fresh process per job frees all GPU memory when it exits and keeps torch out o
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from shared.db import session_scope
 from shared.errors import FtqError, JobFailure
-from shared.jobs import fail_job, get_job, record_progress, record_stats, succeed_job
+from shared.jobs import (
+    fail_job,
+    finish_cancel,
+    get_job,
+    record_checkpoint,
+    record_log,
+    record_metrics,
+    record_progress,
+    record_stats,
+    succeed_job,
+)
 from shared.settings import get_settings
 from shared.spec import JobSpec
 
@@ -32,11 +43,31 @@ class JobReporter:
         return ok
 
     def progress(self, progress: dict[str, Any]) -> bool:
-        """Store the latest progress."""
+        """Store the latest progress; False when training must stop."""
         with session_scope() as session:
             ok = record_progress(session=session, job_id=self.job_id, attempt=self.attempt, progress=progress)
             session.commit()
         return ok
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Append the logged metrics as a `progress` event."""
+        with session_scope() as session:
+            record_metrics(session=session, job_id=self.job_id, attempt=self.attempt, step=step, metrics=metrics)
+            session.commit()
+
+    def log(self, message: str, data: dict[str, Any]) -> None:
+        """Append a `log` event."""
+        with session_scope() as session:
+            record_log(session=session, job_id=self.job_id, attempt=self.attempt, message=message, data=data)
+            session.commit()
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        """Record a complete checkpoint."""
+        with session_scope() as session:
+            record_checkpoint(
+                session=session, job_id=self.job_id, attempt=self.attempt, step=step, path=str(path), metrics=metrics
+            )
+            session.commit()
 
 
 def classify(exc: BaseException) -> FtqError:
@@ -75,11 +106,15 @@ def run(job_id: str, attempt: int) -> int:
             session.commit()
         return 0
     with session_scope() as session:
-        stored = succeed_job(
-            session=session, job_id=job_id, attempt=attempt, result=outcome.result, progress=outcome.progress
-        )
+        if outcome.stopped:
+            stored = finish_cancel(session=session, job_id=job_id, attempt=attempt)
+        else:
+            stored = succeed_job(
+                session=session, job_id=job_id, attempt=attempt, result=outcome.result, progress=outcome.progress
+            )
         session.commit()
-    log.info("job %s attempt %s finished (%s)", job_id, attempt, "recorded" if stored else "fenced off")
+    ending = "stopped" if outcome.stopped else "finished"
+    log.info("job %s attempt %s %s (%s)", job_id, attempt, ending, "recorded" if stored else "fenced off")
     return 0
 
 

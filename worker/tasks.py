@@ -1,4 +1,4 @@
-"""The Celery task: a thin boundary that claims a job and runs it in a fresh training process."""
+"""The Celery task: a thin boundary that claims a job and runs it in a fresh training process it supervises."""
 
 import ctypes
 import logging
@@ -7,16 +7,18 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from shared.db import session_scope
 from shared.errors import JobFailure
-from shared.jobs import claim_job, fail_job
-from shared.queue import RUN_JOB_TASK
+from shared.jobs import claim_job, fail_job, finish_cancel, is_cancelling, requeue_job
+from shared.queue import RUN_JOB_TASK, enqueue_job
 from shared.settings import get_settings
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+SUPERVISE_POLL_S = 1.0
 
 
 def _die_with_parent() -> None:
@@ -24,9 +26,32 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _cancelling(job_id: str, attempt: int) -> bool:
+    with session_scope() as session:
+        return is_cancelling(session=session, job_id=job_id, attempt=attempt)
+
+
+def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float) -> int:
+    """Wait for the trainer; kill its process group if a cancel is not honoured within `grace_s`."""
+    cancel_seen: float | None = None
+    while True:
+        try:
+            return process.wait(timeout=SUPERVISE_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        if not _cancelling(job_id, attempt):
+            continue
+        cancel_seen = cancel_seen or time.monotonic()
+        if time.monotonic() - cancel_seen >= grace_s:
+            log.warning("job %s did not stop within %.0fs of its cancel; killing it", job_id, grace_s)
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+
+
 def run_training_process(job_id: str, attempt: int) -> int:
     """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code."""
-    job_dir = get_settings().jobs_dir / job_id
+    settings = get_settings()
+    job_dir = settings.jobs_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     with open(job_dir / f"attempt-{attempt}.log", "ab") as log_file:
         process = subprocess.Popen(
@@ -34,13 +59,36 @@ def run_training_process(job_id: str, attempt: int) -> int:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            process_group=0,  # its own group, so a kill reaches any process it started too
         )
-        return process.wait()
+        return supervise(process, job_id, attempt, settings.cancel_grace_s)
+
+
+def _killed(code: int) -> bool:
+    # Killed by a signal (OOM killer, kill -9, a lost machine): not the job's fault, so worth another attempt.
+    return code < 0 or code >= 128
+
+
+def _record_exit(job_id: str, attempt: int, code: int) -> bool:
+    """Record how a trainer that did not report its own outcome ended; True when the job was queued again."""
+    with session_scope() as session:
+        if finish_cancel(session=session, job_id=job_id, attempt=attempt):
+            session.commit()
+            return False
+        retry = _killed(code) and attempt < get_settings().max_attempts
+        reason = f"training process exited with code {code}"
+        if retry and requeue_job(session=session, job_id=job_id, attempt=attempt, reason=reason):
+            session.commit()
+            return True
+        error = JobFailure(f"the {reason} (attempt {attempt})", code="worker_crashed")
+        fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
+        session.commit()
+        return False
 
 
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
-    """Claim a queued job and train it in a child process; record a crash if the child dies."""
+    """Claim a queued job and train it in a child process; record how a crashed or killed child ended."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     with session_scope() as session:
         attempt = claim_job(session=session, job_id=job_id, worker=worker)
@@ -50,9 +98,6 @@ def run_job(job_id: str) -> None:
         return
     log.info("job %s attempt %s starts on %s", job_id, attempt, worker)
     code = run_training_process(job_id, attempt)
-    if code != 0:
-        error = JobFailure(f"the training process exited with code {code}", code="worker_crashed")
-        with session_scope() as session:
-            fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
-            session.commit()
+    if code != 0 and _record_exit(job_id, attempt, code):
+        enqueue_job(job_id)
     log.info("job %s attempt %s ended (exit code %s)", job_id, attempt, code)

@@ -1,16 +1,16 @@
-"""One training attempt: tokenizer, data, 4-bit model, LoRA, TRL SFTTrainer, saved adapter."""
+"""One training attempt: tokenizer, data, 4-bit model, LoRA, TRL SFTTrainer, checkpoints, saved adapter."""
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
-from worker.progress import ProgressCallback
+from worker.progress import CheckpointCallback, ProgressCallback, Reporter, last_complete_checkpoint
 from worker.recipe import (
     build_lora_config,
     build_sft_config,
@@ -22,19 +22,12 @@ from worker.recipe import (
 log = logging.getLogger(__name__)
 
 
-class Reporter(Protocol):
-    """Where a training attempt sends what it learns; each call returns False once the attempt is fenced."""
-
-    def stats(self, stats: DatasetStats) -> bool: ...
-
-    def progress(self, progress: dict[str, Any]) -> bool: ...
-
-
 @dataclass
 class Outcome:
-    """What a finished attempt hands back to be stored on the job."""
+    """What an attempt hands back: stopped early (cancel/fence), or the result to store on the job."""
 
-    result: dict[str, Any]
+    stopped: bool
+    result: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,7 +39,7 @@ def pick_device() -> str:
 def build_trainer(
     spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, run_name: str, interval_s: float
 ) -> tuple[SFTTrainer, DatasetStats]:
-    """Prepare data and model and return a ready SFTTrainer with its progress callback."""
+    """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     tokenizer = load_tokenizer(spec.base_model, roots)
     pairs = split_at_template(load_rows(spec.dataset, roots), spec.dataset)
     train_set, stats = tokenize_pairs(pairs, tokenizer, spec.hyperparameters.max_length)
@@ -54,19 +47,16 @@ def build_trainer(
     device = pick_device()
     model = load_quantized_model(spec, roots, device)
     args = build_sft_config(
-        spec.hyperparameters,
-        spec.quantization,
-        job_dir / "checkpoints",
-        use_cpu=device == "cpu",
-        run_name=run_name,
+        spec.hyperparameters, spec.quantization, job_dir / "checkpoints", use_cpu=device == "cpu", run_name=run_name
     )
+    progress = ProgressCallback(reporter, interval_s)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=build_lora_config(spec.lora),
-        callbacks=[ProgressCallback(reporter.progress, interval_s)],
+        callbacks=[progress, CheckpointCallback(reporter, progress)],
     )
     return trainer, stats
 
@@ -74,18 +64,23 @@ def build_trainer(
 def train(
     spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, run_name: str, interval_s: float
 ) -> Outcome:
-    """Run one attempt to the end and save the adapter and tokenizer under `job_dir/adapter`."""
+    """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one."""
     trainer, _stats = build_trainer(spec, job_dir, roots, reporter, run_name=run_name, interval_s=interval_s)
-    trainer.train()
+    resume_from = last_complete_checkpoint(job_dir / "checkpoints")
+    if resume_from is not None:
+        reporter.log(f"resuming from {resume_from.name}", {"checkpoint": resume_from.name})
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
+    if progress.stopped:
+        return Outcome(stopped=True, progress=progress.progress)
     adapter_dir = job_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     trainer.processing_class.save_pretrained(str(adapter_dir))
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
     result = {
         "adapter_path": str(adapter_dir),
         "trainable_params": int(trainable),
         "total_params": int(total),
         "quantization": describe_quantization(trainer.model, spec.quantization),
     }
-    return Outcome(result=result, progress=callback.progress)
+    return Outcome(stopped=False, result=result, progress=progress.progress)

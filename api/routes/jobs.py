@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import JobList, JobRead
 from shared.errors import FtqError
-from shared.jobs import create_job, fail_job_unqueued, get_job, list_jobs
+from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs
 from shared.models import JobStatus
 from shared.paths import check_local_refs
 from shared.queue import enqueue_job
@@ -59,3 +59,11 @@ def list_fine_tune_jobs(
 def read_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
     return JobRead.from_job(get_job(session=session, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
+    """Cancel a job: a queued one never starts, a running one stops at its next step (409 once it has ended)."""
+    job = cancel_job(session=session, job=get_job(session=session, job_id=job_id))
+    session.commit()
+    return JobRead.from_job(job)

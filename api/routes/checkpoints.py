@@ -1,0 +1,90 @@
+"""A job's checkpoints and adapter downloads."""
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentKey, SessionDep
+from api.schemas import CheckpointList, CheckpointRead
+from shared.errors import JobNotFound
+from shared.jobs import get_job, list_checkpoints
+
+router = APIRouter(prefix="/jobs", tags=["checkpoints"])
+# What an adapter needs to be loaded again; optimizer and scheduler state stay on the server.
+ADAPTER_FILES = ("adapter_*", "tokenizer*", "special_tokens_map.json", "chat_template*", "README.md")
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_job_checkpoints(job_id: str, session: SessionDep, _key: CurrentKey) -> CheckpointList:
+    """List a job's complete checkpoints by step."""
+    get_job(session=session, job_id=job_id)
+    data = [
+        CheckpointRead(
+            step=c.step,
+            created_at=c.created_at,
+            metrics=c.metrics,
+            download_url=f"/jobs/{job_id}/checkpoints/{c.step}/download",
+            hub_commit_url=c.hub_commit_url,
+        )
+        for c in list_checkpoints(session=session, job_id=job_id)
+    ]
+    return CheckpointList(data=data)
+
+
+class _Chunks:
+    """A write-only file whose writes are collected, so a tar stream can be yielded as it is built."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _adapter_files(directory: Path) -> list[Path]:
+    return sorted({p for pattern in ADAPTER_FILES for p in directory.glob(pattern) if p.is_file()})
+
+
+def _tar_gz(files: list[Path], prefix: str) -> Iterator[bytes]:
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|gz") as archive:  # type: ignore[call-overload]
+        for path in files:
+            archive.add(path, arcname=f"{prefix}/{path.name}")
+            yield sink.drain()
+    yield sink.drain()
+
+
+def _archive_response(directory: Path, name: str) -> StreamingResponse:
+    files = _adapter_files(directory)
+    if not files:
+        raise JobNotFound(f"no adapter files for {name}", code="not_found")
+    headers = {"Content-Disposition": f'attachment; filename="{name}.tar.gz"'}
+    return StreamingResponse(_tar_gz(files, name), media_type="application/gzip", headers=headers)
+
+
+@router.get("/{job_id}/checkpoints/{step}/download", response_class=StreamingResponse)
+def download_checkpoint(job_id: str, step: int, session: SessionDep, _key: CurrentKey) -> StreamingResponse:
+    """Download the adapter of one checkpoint as a .tar.gz archive."""
+    get_job(session=session, job_id=job_id)
+    found = [c for c in list_checkpoints(session=session, job_id=job_id) if c.step == step]
+    if not found:
+        raise JobNotFound(f"job {job_id} has no checkpoint at step {step}", param="step")
+    return _archive_response(Path(found[0].path), f"{job_id}-step-{step}")
+
+
+@router.get("/{job_id}/adapter/download", response_class=StreamingResponse)
+def download_adapter(job_id: str, session: SessionDep, _key: CurrentKey) -> StreamingResponse:
+    """Download the final adapter and tokenizer of a succeeded job as a .tar.gz archive."""
+    job = get_job(session=session, job_id=job_id)
+    adapter = (job.result or {}).get("adapter_path")
+    if not adapter:
+        raise JobNotFound(f"job {job_id} has no final adapter (status {job.status.value})", param="job_id")
+    return _archive_response(Path(adapter), f"{job_id}-adapter")
