@@ -6,7 +6,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,3 +107,29 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
                 field, _, value = line.partition(": ")
                 current[field] = value
     return out
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Pids of live `worker.runner` processes training this job."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if b"worker.runner" in args and job_id.encode() in args and "State:\tZ" not in status:
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 120, what: str = "condition") -> None:
+    """Poll until `predicate()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")

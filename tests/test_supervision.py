@@ -1,0 +1,73 @@
+"""The task's supervision of a training process: cancel grace kill, and what a killed trainer leads to."""
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.jobs import cancel_job, claim_job, create_job, get_job
+from shared.models import ApiKey, JobStatus
+from shared.spec import JobSpec
+from worker.tasks import _record_exit, supervise
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+
+
+@pytest.fixture
+def running_job(env: dict[str, str], api_key: str, spec: dict[str, Any]) -> str:
+    """A job claimed by a worker (attempt 1)."""
+    with session_scope() as session:
+        owner = session.scalars(select(ApiKey)).one()
+        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner_id=owner.id)
+        assert claim_job(session=session, job_id=job.id, worker="test") == 1
+        session.commit()
+        return job.id
+
+
+def status_of(job_id: str) -> tuple[JobStatus, str | None]:
+    """A job's status and error code, read fresh."""
+    with session_scope() as session:
+        job = get_job(session=session, job_id=job_id)
+        return job.status, job.error_code
+
+
+def test_a_trainer_that_ignores_its_cancel_is_killed_after_the_grace_period(running_job: str) -> None:
+    with session_scope() as session:
+        cancel_job(session=session, job=get_job(session=session, job_id=running_job))
+        session.commit()
+    process = subprocess.Popen([sys.executable, "-c", STUBBORN], process_group=0)
+    started = time.monotonic()
+
+    code = supervise(process, running_job, 1, grace_s=0.5)
+    _record_exit(running_job, 1, code)
+
+    assert code == -9
+    assert time.monotonic() - started < 10
+    assert status_of(running_job) == (JobStatus.cancelled, None)
+
+
+def test_a_trainer_killed_by_a_signal_is_queued_again(running_job: str) -> None:
+    assert _record_exit(running_job, 1, -9) is True
+
+    assert status_of(running_job) == (JobStatus.queued, None)
+
+
+def test_a_trainer_that_exits_with_an_error_code_fails_the_job(running_job: str) -> None:
+    assert _record_exit(running_job, 1, 1) is False
+
+    assert status_of(running_job) == (JobStatus.failed, "worker_crashed")
+
+
+def test_a_job_killed_on_its_last_attempt_fails(running_job: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import clear_caches
+
+    monkeypatch.setenv("FTQ_MAX_ATTEMPTS", "1")
+    clear_caches()
+
+    assert _record_exit(running_job, 1, -9) is False
+
+    assert status_of(running_job) == (JobStatus.failed, "worker_crashed")
