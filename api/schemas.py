@@ -25,9 +25,11 @@ class Progress(BaseModel):
     epoch: float | None = None
     loss: float | None = None
     learning_rate: float | None = None
-    trained_tokens: int = 0
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
+    trained_tokens: int = Field(0, description="Completion tokens trained on so far (the tokens carrying loss).")
+    tokens_per_second: float | None = Field(
+        None, description="Tokens (prompt and completion, no padding) trained per second in this attempt."
+    )
+    eta_seconds: float | None = Field(None, description="Seconds left at the step rate measured in this attempt.")
 
 
 class Stats(BaseModel):

@@ -2,6 +2,7 @@
 complete checkpoints, and a stop at the next step once the job is cancelled or taken from this attempt."""
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,18 +26,25 @@ class Reporter(Protocol):
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None: ...
 
 
+@dataclass
+class TokenCounter:
+    """Tokens (prompt and completion, no padding) trained on in this attempt, for throughput."""
+
+    input_tokens: int = 0
+
+
 class ProgressCallback(TrainerCallback):
     """Turns trainer state into the job's `progress` and `progress` events; stops when the report is refused."""
 
-    def __init__(self, reporter: Reporter, interval_s: float) -> None:
+    def __init__(self, reporter: Reporter, interval_s: float, tokens: TokenCounter) -> None:
         self.reporter = reporter
+        self.tokens = tokens
         self.interval_s = interval_s
         self.progress: dict[str, Any] = {"step": 0, "trained_tokens": 0}
         self.metrics: dict[str, float] = {}
         self.stopped = False
         self._started = 0.0
         self._start_step = 0
-        self._start_tokens = 0
         self._last_report = 0.0
 
     def on_train_begin(
@@ -44,7 +52,7 @@ class ProgressCallback(TrainerCallback):
     ) -> None:
         """Start the clock (after a resume, from where it resumed) and publish the planned step count."""
         self._started = time.monotonic()
-        self._start_step, self._start_tokens = state.global_step, int(state.num_input_tokens_seen)
+        self._start_step = state.global_step
         self.progress.update(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch or 0.0)
         self._send(control, force=True)
 
@@ -68,14 +76,13 @@ class ProgressCallback(TrainerCallback):
         """Update step, tokens, speed and ETA; write them out when the interval has passed."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
         step, total = state.global_step, state.max_steps
-        tokens = int(state.num_input_tokens_seen)
         done_here = step - self._start_step
         self.progress.update(
             step=step,
             total_steps=total,
             epoch=state.epoch,
-            trained_tokens=tokens,
-            tokens_per_second=round((tokens - self._start_tokens) / elapsed, 2),
+            trained_tokens=int(state.num_input_tokens_seen),  # completion tokens: see CompletionTokenTrainer
+            tokens_per_second=round(self.tokens.input_tokens / elapsed, 2),
             eta_seconds=round(elapsed / done_here * (total - step), 1) if done_here else None,
         )
         self._send(control, force=step >= total)

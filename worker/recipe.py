@@ -72,7 +72,7 @@ def build_sft_config(
         use_cpu=use_cpu,
         # Rows arrive tokenized with a completion mask; TRL only masks them when told explicitly.
         completion_only_loss=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no",  # CompletionTokenTrainer counts completion tokens there instead
         report_to="none",
         disable_tqdm=True,
         save_total_limit=10,

@@ -10,7 +10,7 @@ from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
-from worker.progress import CheckpointCallback, ProgressCallback, Reporter, last_complete_checkpoint
+from worker.progress import CheckpointCallback, ProgressCallback, Reporter, TokenCounter, last_complete_checkpoint
 from worker.recipe import (
     build_lora_config,
     build_sft_config,
@@ -31,6 +31,25 @@ class Outcome:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
+class CompletionTokenTrainer(SFTTrainer):
+    """SFTTrainer that counts the tokens carrying loss (the completions) in `state.num_input_tokens_seen`.
+
+    The count lives in the trainer state, so it is saved with every checkpoint and restored on resume;
+    `include_num_input_tokens_seen="no"` keeps transformers from counting all input tokens there instead.
+    """
+
+    def __init__(self, *args: Any, tokens: TokenCounter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens = tokens
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        """Count this micro-batch's tokens, then train on it."""
+        self.state.num_input_tokens_seen += int((inputs["labels"] != -100).sum())
+        mask = inputs.get("attention_mask")
+        self.tokens.input_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
 def pick_device() -> str:
     """The first visible GPU, or the CPU (bitsandbytes 0.50 runs 4-bit on the CPU too)."""
     return "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -38,7 +57,7 @@ def pick_device() -> str:
 
 def build_trainer(
     spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, run_name: str, interval_s: float
-) -> tuple[SFTTrainer, DatasetStats]:
+) -> tuple[CompletionTokenTrainer, DatasetStats]:
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     tokenizer = load_tokenizer(spec.base_model, roots)
     pairs = split_at_template(load_rows(spec.dataset, roots), spec.dataset)
@@ -49,8 +68,10 @@ def build_trainer(
     args = build_sft_config(
         spec.hyperparameters, spec.quantization, job_dir / "checkpoints", use_cpu=device == "cpu", run_name=run_name
     )
-    progress = ProgressCallback(reporter, interval_s)
-    trainer = SFTTrainer(
+    tokens = TokenCounter()
+    progress = ProgressCallback(reporter, interval_s, tokens)
+    trainer = CompletionTokenTrainer(
+        tokens=tokens,
         model=model,
         args=args,
         train_dataset=train_set,
