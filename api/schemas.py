@@ -78,6 +78,7 @@ class JobRead(BaseModel):
     attempt: int
     metadata: dict[str, str]
     wandb_url: str | None = Field(None, description="The W&B run page, once the run has started online.")
+    wandb_dir: str | None = Field(None, description="The run's local directory on the worker (offline runs).")
 
     @classmethod
     def from_job(cls, job: Job) -> "JobRead":
@@ -99,6 +100,7 @@ class JobRead(BaseModel):
             attempt=job.attempt,
             metadata=job.metadata_ or {},
             wandb_url=job.wandb_url,
+            wandb_dir=job.wandb_dir,
         )
 
 

@@ -249,3 +249,16 @@ def record_log(*, session: Session, job_id: str, attempt: int, message: str, dat
         return False
     add_event(session=session, job_id=job_id, type=EventType.log, message=message, data=data)
     return True
+
+
+def record_wandb(
+    *, session: Session, job_id: str, attempt: int, run_id: str, url: str | None, directory: str, mode: str
+) -> bool:
+    """Keep the W&B run id, URL (online) or local directory (offline) on the job, with a `wandb` event."""
+    values = {"wandb_run_id": run_id, "wandb_url": url, "wandb_dir": directory}
+    if not _fenced_update(session, job_id, attempt, LIVE, **values):
+        return False
+    where = url or f"offline run in {directory}"
+    data = {"run_id": run_id, "url": url, "dir": directory, "mode": mode}
+    add_event(session=session, job_id=job_id, type=EventType.wandb, message=f"W&B run: {where}", data=data)
+    return True

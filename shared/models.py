@@ -105,6 +105,7 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     wandb_run_id: Mapped[str | None] = mapped_column(String(128), default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
+    wandb_dir: Mapped[str | None] = mapped_column(String(1024), default=None)
 
 
 class EventType(enum.StrEnum):

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.services import trainer_pids, wait_for_end, wait_until
+from tests.wandb_files import read_run
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 
@@ -78,3 +79,29 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(
     history = json.loads(final.read_text())["log_history"]
     steps = [entry["step"] for entry in history if "loss" in entry]
     assert steps == list(range(1, 25))
+
+
+def test_wandb_run_is_offline_without_a_key_and_holds_the_spec_and_every_logged_loss(
+    api: httpx.Client, tiny_model: Path, train_file: Path
+) -> None:
+    spec = long_spec(tiny_model, train_file, max_steps=4, save_steps=100)
+    spec["wandb"] = {"project": "pricer", "entity": "team", "run_name": "tiny-pricer", "tags": ["ci", "qlora"]}
+
+    job = wait_for_end(api, submit(api, spec))
+
+    assert job["status"] == "succeeded", job["error"]
+    assert job["wandb_url"] is None and job["wandb_dir"]
+    events = api.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    (wandb_event,) = [e for e in events if e["type"] == "wandb"]
+    assert wandb_event["data"] == {"run_id": job["id"], "url": None, "dir": job["wandb_dir"], "mode": "offline"}
+    run = read_run(Path(job["wandb_dir"]))
+    assert (run["project"], run["entity"], run["name"], run["tags"]) == (
+        "pricer",
+        "team",
+        "tiny-pricer",
+        ["ci", "qlora"],
+    )
+    assert run["config"]["ftq"]["spec"]["lora"]["r"] == 32
+    logged = {row["train/global_step"]: row["train/loss"] for row in run["history"] if "train/loss" in row}
+    losses = {e["data"]["step"]: e["data"]["loss"] for e in events if e["type"] == "progress"}
+    assert logged == pytest.approx(losses) and sorted(logged) == [1, 2, 3, 4]

@@ -108,7 +108,7 @@ def test_collated_batch_masks_every_prompt_token_and_trains_every_completion_tok
     spec = JobSpec.model_validate(
         {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": {"max_length": 320}}
     )
-    trainer, _stats = build_trainer(spec, tmp_path, [local_root], Quiet(), run_name="t", interval_s=1.0)
+    trainer, _stats = build_trainer(spec, tmp_path, [local_root], Quiet(), job_id="t", interval_s=1.0)
     tokenizer = trainer.processing_class
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])

@@ -44,7 +44,13 @@ def build_lora_config(lora: LoraSpec) -> LoraConfig:
 
 
 def build_sft_config(
-    hp: Hyperparameters, quant: QuantizationSpec, output_dir: Path, *, use_cpu: bool, run_name: str
+    hp: Hyperparameters,
+    quant: QuantizationSpec,
+    output_dir: Path,
+    *,
+    use_cpu: bool,
+    run_name: str,
+    report_to: str = "none",
 ) -> SFTConfig:
     """TRL's SFTConfig for the spec: the course's recipe, with completion-only loss on pre-tokenized rows."""
     return SFTConfig(
@@ -73,7 +79,7 @@ def build_sft_config(
         # Rows arrive tokenized with a completion mask; TRL only masks them when told explicitly.
         completion_only_loss=True,
         include_num_input_tokens_seen="no",  # CompletionTokenTrainer counts completion tokens there instead
-        report_to="none",
+        report_to=report_to,
         disable_tqdm=True,
         save_total_limit=10,
     )

@@ -20,6 +20,7 @@ from shared.jobs import (
     record_metrics,
     record_progress,
     record_stats,
+    record_wandb,
     succeed_job,
 )
 from shared.settings import get_settings
@@ -61,6 +62,20 @@ class JobReporter:
             record_log(session=session, job_id=self.job_id, attempt=self.attempt, message=message, data=data)
             session.commit()
 
+    def wandb(self, run_id: str, url: str | None, directory: str, mode: str) -> None:
+        """Record where the W&B run lives."""
+        with session_scope() as session:
+            record_wandb(
+                session=session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                run_id=run_id,
+                url=url,
+                directory=directory,
+                mode=mode,
+            )
+            session.commit()
+
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         """Record a complete checkpoint."""
         with session_scope() as session:
@@ -95,7 +110,7 @@ def run(job_id: str, attempt: int) -> int:
             job_dir,
             settings.allowed_roots,
             reporter,
-            run_name=spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id,
+            job_id=job_id,
             interval_s=settings.progress_interval_s,
         )
     except Exception as exc:

@@ -18,6 +18,7 @@ from worker.recipe import (
     load_quantized_model,
     load_tokenizer,
 )
+from worker.tracking import wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def pick_device() -> str:
 
 
 def build_trainer(
-    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, run_name: str, interval_s: float
+    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, job_id: str, interval_s: float
 ) -> tuple[CompletionTokenTrainer, DatasetStats]:
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     tokenizer = load_tokenizer(spec.base_model, roots)
@@ -65,8 +66,14 @@ def build_trainer(
     reporter.stats(stats)
     device = pick_device()
     model = load_quantized_model(spec, roots, device)
+    run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
     args = build_sft_config(
-        spec.hyperparameters, spec.quantization, job_dir / "checkpoints", use_cpu=device == "cpu", run_name=run_name
+        spec.hyperparameters,
+        spec.quantization,
+        job_dir / "checkpoints",
+        use_cpu=device == "cpu",
+        run_name=run_name,
+        report_to="wandb" if spec.wandb else "none",
     )
     tokens = TokenCounter()
     progress = ProgressCallback(reporter, interval_s, tokens)
@@ -83,14 +90,15 @@ def build_trainer(
 
 
 def train(
-    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, run_name: str, interval_s: float
+    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, job_id: str, interval_s: float
 ) -> Outcome:
     """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one."""
-    trainer, _stats = build_trainer(spec, job_dir, roots, reporter, run_name=run_name, interval_s=interval_s)
+    trainer, _stats = build_trainer(spec, job_dir, roots, reporter, job_id=job_id, interval_s=interval_s)
     resume_from = last_complete_checkpoint(job_dir / "checkpoints")
     if resume_from is not None:
         reporter.log(f"resuming from {resume_from.name}", {"checkpoint": resume_from.name})
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with wandb_run(spec, job_id, job_dir, reporter):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
     if progress.stopped:
         return Outcome(stopped=True, progress=progress.progress)
