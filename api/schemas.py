@@ -33,13 +33,16 @@ class Progress(BaseModel):
 
 
 class Stats(BaseModel):
-    """What the worker found in the dataset after tokenizing it."""
+    """What the worker found in the dataset after tokenizing it (validation may look at a sample only)."""
 
     rows: int | None = Field(None, description="Rows trained on.")
     tokens: int | None = Field(None, description="Tokens in those rows, after truncation.")
     completion_tokens: int | None = Field(None, description="Tokens that carry loss (after the template).")
     truncated_rows: int | None = Field(None, description="Rows cut at max_length.")
     dropped_rows: int | None = Field(None, description="Rows left with no completion token after truncation.")
+    sampled_rows: int | None = Field(
+        None, description="Set when these figures come from the first rows only (validation of a large dataset)."
+    )
 
 
 class Result(BaseModel):
@@ -151,3 +154,13 @@ class CheckpointList(BaseModel):
     object: str = "list"
     data: list[CheckpointRead]
     has_more: bool = False
+
+
+class DryRun(BaseModel):
+    """What a job would do: its resolved spec, dataset statistics and planned optimizer steps."""
+
+    object: str = "fine_tuning.job.dry_run"
+    spec: JobSpec
+    stats: Stats
+    planned_steps: int
+    warnings: list[str]

@@ -22,7 +22,7 @@ def _apply_data_dir(data_dir: str | None) -> Settings:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the API and one worker in the foreground until Ctrl-C or SIGTERM."""
-    from ftq.stack import Stack, api_command, prepare_data_dir, worker_command
+    from ftq.stack import Stack, prepare_data_dir, stack_commands
 
     settings = _apply_data_dir(args.data_dir)
     new_key = prepare_data_dir(settings)
@@ -31,7 +31,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"Admin API key (saved to {key_file}, shown once):\n  {new_key}", flush=True)
     broker = "embedded (SQLite)" if settings.uses_embedded_broker else "BROKER_URL"
     print(f"ftq up: data {settings.data_path}, broker {broker}, API http://{args.host}:{args.port}", flush=True)
-    stack = Stack([api_command(args.host, args.port), worker_command(settings)], env=dict(os.environ))
+    stack = Stack(stack_commands(settings, args.host, args.port), env=dict(os.environ))
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -95,7 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ftq.stack import worker_command
 
     settings = _apply_data_dir(args.data_dir)
-    command = worker_command(settings, args.name)
+    command = worker_command(settings, args.name or ("validate" if args.validate else "gpu0"), validate=args.validate)
     os.execv(command[0], command)
 
 
@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = add("api", cmd_api, "Run only the API server.")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    worker = add("worker", cmd_worker, "Run only a worker.")
-    worker.add_argument("--name", default="gpu0", help="worker name (shown in logs)")
+    worker = add("worker", cmd_worker, "Run only a worker: a GPU worker, or with --validate a validation worker.")
+    worker.add_argument("--name", help="worker name (shown in logs)")
+    worker.add_argument("--validate", action="store_true", help="validate new jobs' data (CPU) instead of training")
     add("migrate", cmd_migrate, "Bring the database to the newest schema.")
     keys = add("keys", lambda _a: 2, "Manage API keys.")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -35,6 +35,15 @@ def prepare_data_dir(settings: Settings) -> str | None:
     return raw
 
 
+def stack_commands(settings: Settings, host: str, port: int) -> list[list[str]]:
+    """The API, one GPU worker and one validation worker: everything `ftq up` runs."""
+    return [
+        api_command(host, port),
+        worker_command(settings, "gpu0"),
+        worker_command(settings, "validate", validate=True),
+    ]
+
+
 def api_command(host: str, port: int) -> list[str]:
     """The command line of the API server."""
     return [
@@ -50,9 +59,14 @@ def api_command(host: str, port: int) -> list[str]:
     ]
 
 
-def worker_command(settings: Settings, name: str = "gpu0") -> list[str]:
-    """The command line of one Celery worker: one process, one job at a time."""
-    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.queue_name]
+def worker_command(settings: Settings, name: str = "gpu0", *, validate: bool = False) -> list[str]:
+    """The command line of one Celery worker: one process, one job at a time.
+
+    A GPU worker trains (queue `FTQ_QUEUE`); a validation worker checks new jobs' data on the CPU
+    (`FTQ_VALIDATE_QUEUE`), so a user learns within seconds, not after a queue wait, that a dataset is wrong.
+    """
+    queue = settings.validate_queue_name if validate else settings.queue_name
+    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue]
     command += ["-c", "1", "-P", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO"]
     if settings.uses_embedded_broker:
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]

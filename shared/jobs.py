@@ -23,17 +23,55 @@ class InvalidTransition(FtqError):
 
 
 def create_job(*, session: Session, spec: JobSpec, owner_id: str) -> Job:
-    """Store a new job in `queued` with its resolved spec."""
+    """Store a new job in `validating` with its resolved spec."""
     job = Job(
         owner_id=owner_id,
-        status=JobStatus.queued,
+        status=JobStatus.validating,
         spec=spec.model_dump(mode="json"),
         metadata_=dict(spec.metadata),
     )
     session.add(job)
     session.flush()
-    add_event(session=session, job_id=job.id, type=EventType.status, message="queued", data={"status": "queued"})
+    _set_status(session, job.id, JobStatus.validating, "validating the dataset")
     return job
+
+
+def _from_validating(session: Session, job_id: str, **values: Any) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.validating)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def pass_validation(
+    *, session: Session, job_id: str, stats: dict[str, Any], planned_steps: int, warnings: list[str]
+) -> bool:
+    """Queue a validated job, keeping its dataset statistics and planned step count."""
+    progress = {"step": 0, "total_steps": planned_steps, "trained_tokens": 0}
+    if not _from_validating(session, job_id, status=JobStatus.queued, stats=stats, progress=progress):
+        return False
+    for warning in warnings:
+        add_event(session=session, job_id=job_id, type=EventType.warning, level="warning", message=warning)
+    _set_status(session, job_id, JobStatus.queued, f"queued ({planned_steps} steps planned)", stats=stats)
+    return True
+
+
+def fail_validation(*, session: Session, job_id: str, error: FtqError) -> bool:
+    """Fail a job whose spec or data did not pass validation."""
+    values = {
+        "status": JobStatus.failed,
+        "error_code": error.code,
+        "error_message": error.message[:4000],
+        "error_param": error.param,
+        "finished_at": utcnow(),
+    }
+    if not _from_validating(session, job_id, **values):
+        return False
+    _set_status(session, job_id, JobStatus.failed, f"failed: {error.code}", error=error.as_dict())
+    return True
 
 
 def get_job(*, session: Session, job_id: str) -> Job:
@@ -168,10 +206,10 @@ def cancel_job(*, session: Session, job: Job) -> Job:
 
 
 def fail_job_unqueued(*, session: Session, job_id: str, message: str) -> None:
-    """Fail a job that never reached the queue, so it does not sit `queued` forever."""
+    """Fail a job whose message never reached the broker, so it does not wait forever."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .where(Job.id == job_id, Job.status.in_((JobStatus.validating, JobStatus.queued)))
         .values(status=JobStatus.failed, error_code="queue_unavailable", error_message=message, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )

@@ -1,26 +1,35 @@
-"""The Celery client: the API and the worker agree here on the broker, the task name and the queue.
+"""The Celery client: the API and the workers agree here on the broker, the task names and the queues.
 
-The API enqueues by name (`send_task`) and never imports the worker's code; messages carry only the job id.
+The API sends tasks by name (`send_task`) and never imports the worker's code. Job messages carry only the
+job id; the one exception is a dry run, which by definition has no stored job and carries the spec itself
+(a spec holds no secrets).
 """
 
 from functools import cache
+from typing import Any
 
 from celery import Celery
 
 from shared.settings import Settings, get_settings
 
 RUN_JOB_TASK = "ftq.run_job"
+VALIDATE_JOB_TASK = "ftq.validate_job"
+DRY_RUN_TASK = "ftq.dry_run"
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
     """Celery settings for ftq's long, single-process GPU jobs."""
     config: dict[str, object] = {
         "broker_url": settings.broker,
+        "result_backend": settings.result_backend,
+        "result_expires": 3600,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_serializer": "json",
+        "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue_name,
+        # Job state lives in the database; only dry runs send an answer back.
         "task_ignore_result": True,
         # Ack on receipt: a job's fate is tracked in the database, not by broker redelivery, which would
         # run an hours-long job twice once it outlives the visibility timeout.
@@ -50,6 +59,24 @@ def get_celery() -> Celery:
 
 
 def enqueue_job(job_id: str) -> None:
-    """Ring the worker's bell for a committed job (by task name, carrying only the id)."""
-    app = get_celery()
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=app.conf.task_default_queue)
+    """Ring the GPU worker's bell for a committed, validated job (by task name, carrying only the id)."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().queue_name)
+
+
+def enqueue_validation(job_id: str) -> None:
+    """Ask a validation worker to check a committed job's data before it is queued for a GPU."""
+    get_celery().send_task(VALIDATE_JOB_TASK, args=[job_id], queue=get_settings().validate_queue_name)
+
+
+def run_dry_run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Validate a spec on a validation worker and wait for its answer (raises TimeoutError)."""
+    result = get_celery().send_task(DRY_RUN_TASK, args=[spec], queue=get_settings().validate_queue_name)
+    try:
+        answer: dict[str, Any] = result.get(timeout=timeout_s)
+    except Exception as exc:
+        result.forget()
+        if type(exc).__name__ == "TimeoutError":
+            raise TimeoutError(f"no validation worker answered within {timeout_s:.0f}s") from exc
+        raise
+    result.forget()
+    return answer

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, validation_alias="BROKER_URL")
     local_roots: str | None = Field(None, validation_alias="FTQ_LOCAL_ROOTS")
     queue_name: str = Field("ftq.gpu", validation_alias="FTQ_QUEUE")
+    validate_queue_name: str = Field("ftq.validate", validation_alias="FTQ_VALIDATE_QUEUE")
+    validate_sample_rows: int = Field(2000, ge=1, validation_alias="FTQ_VALIDATE_SAMPLE_ROWS")
+    dry_run_timeout_s: float = Field(120.0, gt=0, validation_alias="FTQ_DRY_RUN_TIMEOUT")
     progress_interval_s: float = Field(1.0, ge=0.0, validation_alias="FTQ_PROGRESS_INTERVAL")
     max_attempts: int = Field(3, ge=1, le=100, validation_alias="FTQ_MAX_ATTEMPTS")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
@@ -37,6 +40,13 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         """`BROKER_URL`, or the embedded broker: kombu's SQLAlchemy transport on a SQLite file."""
         return self.broker_url or f"sqla+sqlite:///{self.data_path / 'broker.db'}"
+
+    @property
+    def result_backend(self) -> str:
+        """Where dry-run answers travel back: Redis next to a Redis broker, else a SQLite file."""
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{self.data_path / 'results.db'}"
 
     @property
     def uses_embedded_broker(self) -> bool:

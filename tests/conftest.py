@@ -102,7 +102,7 @@ def redis_client(queue_name: str) -> Iterator[redis.Redis]:
     """A client of the local Redis; the test's queue is deleted afterwards."""
     client = redis.Redis.from_url(REDIS_URL)
     yield client
-    client.delete(queue_name)
+    client.delete(queue_name, f"{queue_name}-validate")
 
 
 @pytest.fixture
@@ -115,6 +115,7 @@ def env(
         "DATABASE_URL": database_url,
         "BROKER_URL": REDIS_URL,
         "FTQ_QUEUE": queue_name,
+        "FTQ_VALIDATE_QUEUE": f"{queue_name}-validate",
         "FTQ_LOCAL_ROOTS": str(local_root),
     }
     for name, value in values.items():
@@ -161,6 +162,7 @@ def api(
         "DATABASE_URL": url,
         "BROKER_URL": REDIS_URL,
         "FTQ_QUEUE": f"ftq-e2e-{uuid.uuid4().hex[:8]}",
+        "FTQ_VALIDATE_QUEUE": f"ftq-e2e-validate-{uuid.uuid4().hex[:8]}",
         "FTQ_LOCAL_ROOTS": str(local_root),
     }
     upgrade_database(url)

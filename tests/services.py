@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ftq.stack import api_command, worker_command
+from ftq.stack import stack_commands
 from shared.settings import Settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -68,7 +68,8 @@ def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[str]:
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = []
-    for name, command in (("api", api_command("127.0.0.1", port)), ("worker", worker_command(settings))):
+    names = ("api", "worker", "validator")
+    for name, command in zip(names, stack_commands(settings, "127.0.0.1", port), strict=True):
         log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         processes.append(
             subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,14 +21,14 @@ def job_count(client: TestClient) -> int:
     return len(client.get("/jobs", params={"limit": 100}).json()["data"])
 
 
-def test_create_fills_course_defaults_and_enqueues_only_the_id(
+def test_create_fills_course_defaults_and_enqueues_only_the_id_for_validation(
     client: TestClient, spec: dict[str, Any], redis_client: redis.Redis, queue_name: str
 ) -> None:
     response = client.post("/jobs", json=spec)
 
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["status"] == "queued"
+    assert job["status"] == "validating"
     assert job["id"].startswith("ftjob-")
     hp, lora, quant = job["spec"]["hyperparameters"], job["spec"]["lora"], job["spec"]["quantization"]
     assert (hp["max_length"], hp["batch_size"], hp["learning_rate"], hp["lr_scheduler"]) == (182, 16, 1e-4, "cosine")
@@ -37,9 +37,10 @@ def test_create_fills_course_defaults_and_enqueues_only_the_id(
     assert lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert quant == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
     assert job["spec"]["dataset"]["response_template"] == "Price is $"
-    messages = queued_messages(redis_client, queue_name)
+    assert queued_messages(redis_client, queue_name) == [], "nothing reaches a GPU before validation"
+    messages = queued_messages(redis_client, f"{queue_name}-validate")
     assert len(messages) == 1
-    assert messages[0]["headers"]["task"] == "ftq.run_job"
+    assert messages[0]["headers"]["task"] == "ftq.validate_job"
     assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
 
 
@@ -154,7 +155,7 @@ def test_list_pages_newest_first_without_gaps(client: TestClient, spec: dict[str
 def test_list_filters_by_status(client: TestClient, spec: dict[str, Any]) -> None:
     client.post("/jobs", json=spec)
 
-    assert len(client.get("/jobs", params={"status": "queued"}).json()["data"]) == 1
+    assert len(client.get("/jobs", params={"status": "validating"}).json()["data"]) == 1
     assert client.get("/jobs", params={"status": "running"}).json() == {"object": "list", "data": [], "has_more": False}
     assert client.get("/jobs", params={"status": "exploded"}).status_code == 422
     assert client.get("/jobs", params={"limit": 0}).json()["error"]["param"] == "limit"

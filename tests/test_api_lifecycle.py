@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.db import session_scope
-from shared.jobs import claim_job, record_checkpoint, succeed_job
+from shared.jobs import claim_job, pass_validation, record_checkpoint, succeed_job
 from tests.services import read_sse
 
 
@@ -18,8 +18,16 @@ def make_job(client: TestClient, spec: dict[str, Any]) -> str:
     return job_id
 
 
+def validate_in_db(job_id: str) -> None:
+    """Play the validation worker's part in the database: the job passes and is queued."""
+    with session_scope() as session:
+        assert pass_validation(session=session, job_id=job_id, stats={"rows": 1}, planned_steps=1, warnings=[])
+        session.commit()
+
+
 def run_to_success(job_id: str) -> int:
-    """Play the worker's part in the database: claim the job and record success."""
+    """Play the workers' part in the database: validate, claim the job and record success."""
+    validate_in_db(job_id)
     with session_scope() as session:
         attempt = claim_job(session=session, job_id=job_id, worker="test")
         assert attempt is not None
@@ -44,11 +52,12 @@ def test_cancelling_a_queued_job_means_it_never_starts(client: TestClient, spec:
     with session_scope() as session:
         assert claim_job(session=session, job_id=job_id, worker="late-worker") is None
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
-    assert statuses(client, job_id) == ["queued", "cancelled"]
+    assert statuses(client, job_id) == ["validating", "cancelled"]
 
 
 def test_cancelling_a_running_job_asks_it_to_stop(client: TestClient, spec: dict[str, Any]) -> None:
     job_id = make_job(client, spec)
+    validate_in_db(job_id)
     with session_scope() as session:
         claim_job(session=session, job_id=job_id, worker="w")
         session.commit()
@@ -56,7 +65,7 @@ def test_cancelling_a_running_job_asks_it_to_stop(client: TestClient, spec: dict
     first, again = client.post(f"/jobs/{job_id}/cancel"), client.post(f"/jobs/{job_id}/cancel")
 
     assert first.json()["status"] == again.json()["status"] == "cancelling"
-    assert statuses(client, job_id) == ["queued", "running", "cancelling"]
+    assert statuses(client, job_id) == ["validating", "queued", "running", "cancelling"]
 
 
 def test_cancelling_a_finished_job_is_409(client: TestClient, spec: dict[str, Any]) -> None:
@@ -78,12 +87,12 @@ def test_events_page_oldest_first_with_after_and_has_more(client: TestClient, sp
     job_id = make_job(client, spec)
     run_to_success(job_id)
 
-    page1 = client.get(f"/jobs/{job_id}/events", params={"limit": 2}).json()
-    page2 = client.get(f"/jobs/{job_id}/events", params={"limit": 2, "after": page1["data"][-1]["id"]}).json()
+    page1 = client.get(f"/jobs/{job_id}/events", params={"limit": 3}).json()
+    page2 = client.get(f"/jobs/{job_id}/events", params={"limit": 3, "after": page1["data"][-1]["id"]}).json()
 
     assert page1["has_more"] is True and page2["has_more"] is False
     events = page1["data"] + page2["data"]
-    assert [e["data"]["status"] for e in events] == ["queued", "running", "succeeded"]
+    assert [e["data"]["status"] for e in events] == ["validating", "queued", "running", "succeeded"]
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     assert set(events[0]) == {"id", "object", "created_at", "type", "level", "message", "data"}
 
@@ -98,6 +107,7 @@ def test_stream_sends_every_event_then_ends_and_resumes_after_last_event_id(
     resumed = read_sse(client, f"/jobs/{job_id}/events/stream", {"Last-Event-ID": whole[0][0]})
 
     assert [(event, data["data"]["status"]) for _id, event, data in whole[:-1]] == [
+        ("status", "validating"),
         ("status", "queued"),
         ("status", "running"),
         ("status", "succeeded"),
@@ -108,6 +118,7 @@ def test_stream_sends_every_event_then_ends_and_resumes_after_last_event_id(
 
 def test_checkpoints_list_with_download_urls(client: TestClient, spec: dict[str, Any], tmp_path: Any) -> None:
     job_id = make_job(client, spec)
+    validate_in_db(job_id)
     with session_scope() as session:
         attempt = claim_job(session=session, job_id=job_id, worker="w")
         assert attempt is not None

@@ -58,7 +58,8 @@ def assert_events_tell_the_whole_story(api: httpx.Client, job_id: str, streamed:
     events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     assert [int(i) for i, _e, _d in streamed[:-1]] == [e["id"] for e in events]
     assert streamed[-1][1] == "end"
-    assert [e["data"]["status"] for e in events if e["type"] == "status"] == ["queued", "running", "succeeded"]
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["validating", "queued", "running", "succeeded"]
     progress = [e["data"] for e in events if e["type"] == "progress"]
     assert [p["step"] for p in progress] == [2, 4, 6] and all(p["loss"] > 0 for p in progress)
     assert [e["data"]["step"] for e in events if e["type"] == "checkpoint"] == [4, 6]
@@ -94,6 +95,7 @@ def assert_stats_count_the_completion_tokens(
         "completion_tokens": expected,
         "truncated_rows": 0,
         "dropped_rows": 0,
+        "sampled_rows": None,  # the training pass counted every row
     }
 
 
@@ -140,3 +142,41 @@ def test_a_hub_model_that_cannot_be_found_fails_with_model_not_found(api: httpx.
 
     assert job["status"] == "failed"
     assert (job["error"]["code"], job["error"]["param"]) == ("model_not_found", "base_model")
+
+
+def test_dry_run_answers_stats_and_planned_steps_and_stores_nothing(
+    api: httpx.Client, tiny_model: Path, train_file: Path
+) -> None:
+    before = api.get("/jobs", params={"limit": 100}).json()["data"]
+    spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": {"max_length": 320}}
+
+    response = api.post("/jobs", params={"dry_run": "true"}, json=spec)
+
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert plan["object"] == "fine_tuning.job.dry_run"
+    assert plan["planned_steps"] == 3  # 48 rows at the course's batch of 16
+    assert plan["stats"]["rows"] == 48 and plan["stats"]["completion_tokens"] > 48
+    assert plan["spec"]["lora"]["r"] == 32
+    assert api.get("/jobs", params={"limit": 100}).json()["data"] == before
+
+
+def test_dry_run_of_bad_data_is_a_422_naming_the_field(api: httpx.Client, tiny_model: Path, train_file: Path) -> None:
+    spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file), "response_template": "Cost: "}}
+
+    response = api.post("/jobs", params={"dry_run": "true"}, json=spec)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "template_missing"
+    assert response.json()["error"]["param"] == "dataset.response_template"
+
+
+def test_validation_fills_stats_and_planned_steps_before_the_job_is_queued(
+    api: httpx.Client, tiny_model: Path, train_file: Path
+) -> None:
+    spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": {"max_length": 32}}
+
+    job = wait_for_end(api, submit(api, spec)["id"])
+
+    assert job["status"] == "failed" and job["attempt"] == 0, "it never reached a GPU worker"
+    assert (job["error"]["code"], job["error"]["param"]) == ("completion_truncated", "hyperparameters.max_length")

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.db import session_scope
-from shared.jobs import cancel_job, claim_job, create_job, get_job
+from shared.jobs import cancel_job, claim_job, create_job, get_job, pass_validation
 from shared.models import ApiKey, JobStatus
 from shared.spec import JobSpec
 from worker.tasks import _record_exit, supervise
@@ -23,6 +23,7 @@ def running_job(env: dict[str, str], api_key: str, spec: dict[str, Any]) -> str:
     with session_scope() as session:
         owner = session.scalars(select(ApiKey)).one()
         job = create_job(session=session, spec=JobSpec.model_validate(spec), owner_id=owner.id)
+        pass_validation(session=session, job_id=job.id, stats={}, planned_steps=1, warnings=[])
         assert claim_job(session=session, job_id=job.id, worker="test") == 1
         session.commit()
         return job.id

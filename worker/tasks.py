@@ -8,12 +8,25 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 from shared.db import session_scope
-from shared.errors import JobFailure
-from shared.jobs import claim_job, fail_job, finish_cancel, is_cancelling, requeue_job
-from shared.queue import RUN_JOB_TASK, enqueue_job
+from shared.errors import FtqError, JobFailure
+from shared.jobs import (
+    claim_job,
+    fail_job,
+    fail_validation,
+    finish_cancel,
+    get_job,
+    is_cancelling,
+    pass_validation,
+    requeue_job,
+)
+from shared.models import JobStatus
+from shared.paths import check_local_refs
+from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_job
 from shared.settings import get_settings
+from shared.spec import JobSpec
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -101,3 +114,51 @@ def run_job(job_id: str) -> None:
     if code != 0 and _record_exit(job_id, attempt, code):
         enqueue_job(job_id)
     log.info("job %s attempt %s ended (exit code %s)", job_id, attempt, code)
+
+
+def _validate(spec: JobSpec) -> Any:
+    # Imported here: the training stack loads in the pool child that runs the task, never in the parent.
+    from worker.validation import validate
+
+    settings = get_settings()
+    check_local_refs(spec, settings.allowed_roots)
+    return validate(spec, settings.allowed_roots, settings.validate_sample_rows)
+
+
+@app.task(name=VALIDATE_JOB_TASK)
+def validate_job(job_id: str) -> None:
+    """Check a new job's tokenizer and data; queue it for a GPU, or fail it with the field at fault."""
+    with session_scope() as session:
+        job = get_job(session=session, job_id=job_id)
+        if job.status is not JobStatus.validating:
+            log.info("job %s is %s, not validating; message dropped", job_id, job.status.value)
+            return
+        spec = JobSpec.model_validate(job.spec)
+    try:
+        result = _validate(spec)
+    except FtqError as error:
+        with session_scope() as session:
+            fail_validation(session=session, job_id=job_id, error=error)
+            session.commit()
+        return
+    with session_scope() as session:
+        queued = pass_validation(
+            session=session,
+            job_id=job_id,
+            stats=result.stats,
+            planned_steps=result.planned_steps,
+            warnings=result.warnings,
+        )
+        session.commit()
+    if queued:
+        enqueue_job(job_id)
+
+
+@app.task(name=DRY_RUN_TASK, ignore_result=False)
+def dry_run(spec_json: dict[str, Any]) -> dict[str, Any]:
+    """Validate a spec without storing anything; answer its stats and planned steps, or its error."""
+    try:
+        result = _validate(JobSpec.model_validate(spec_json))
+    except FtqError as error:
+        return {"error": error.as_dict()}
+    return {"stats": result.stats, "planned_steps": result.planned_steps, "warnings": result.warnings}

@@ -3,15 +3,15 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
-from api.schemas import JobList, JobRead
-from shared.errors import FtqError
+from api.schemas import DryRun, JobList, JobRead, Stats
+from shared.errors import FtqError, InvalidInput
 from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs
 from shared.models import JobStatus
 from shared.paths import check_local_refs
-from shared.queue import enqueue_job
+from shared.queue import enqueue_validation, run_dry_run
 from shared.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -25,21 +25,58 @@ class QueueUnavailable(FtqError):
     code = "queue_unavailable"
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
-def create_fine_tune_job(spec: JobSpec, session: SessionDep, settings: SettingsDep, key: CurrentKey) -> JobRead:
-    """Validate a fine-tune spec, store it as a queued job and hand it to a worker."""
+class ValidationTimeout(FtqError):
+    """No validation worker answered a dry run in time."""
+
+    status_code = 504
+    code = "validation_timeout"
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobRead | DryRun,
+    responses={200: {"model": DryRun, "description": "Dry run: the resolved spec, stats and planned steps."}},
+)
+def create_fine_tune_job(
+    spec: JobSpec,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: CurrentKey,
+    response: Response,
+    dry_run: Annotated[bool, Query(description="Validate and plan only: nothing is stored or queued.")] = False,
+) -> JobRead | DryRun:
+    """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
+    if dry_run:
+        response.status_code = status.HTTP_200_OK
+        return _dry_run(spec, settings.dry_run_timeout_s)
     job = create_job(session=session, spec=spec, owner_id=key.id)
     # Commit before enqueueing: the worker must find the row when the message arrives.
     session.commit()
     try:
-        enqueue_job(job.id)
+        enqueue_validation(job.id)
     except Exception as exc:
         log.exception("enqueue of %s failed", job.id)
         fail_job_unqueued(session=session, job_id=job.id, message=f"could not reach the queue: {type(exc).__name__}")
         session.commit()
         raise QueueUnavailable("the job queue is unavailable; the job was not started", param=None) from exc
     return JobRead.from_job(job)
+
+
+def _dry_run(spec: JobSpec, timeout_s: float) -> DryRun:
+    try:
+        answer = run_dry_run(spec.model_dump(mode="json"), timeout_s)
+    except TimeoutError as exc:
+        raise ValidationTimeout(str(exc)) from exc
+    except Exception as exc:
+        raise QueueUnavailable(f"the job queue is unavailable: {type(exc).__name__}") from exc
+    if "error" in answer:
+        error = answer["error"]
+        raise InvalidInput(error["message"], code=error["code"], param=error["param"])
+    return DryRun(
+        spec=spec, stats=Stats(**answer["stats"]), planned_steps=answer["planned_steps"], warnings=answer["warnings"]
+    )
 
 
 @router.get("", response_model=JobList)
