@@ -24,6 +24,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_backend": settings.result_backend,
         "result_expires": 3600,
         "broker_connection_retry_on_startup": True,
+        # An API request should learn fast that the broker is down (it answers 503), not hang in retries.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        "redis_socket_connect_timeout": 5,
         "broker_connection_max_retries": None,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -60,12 +63,14 @@ def get_celery() -> Celery:
 
 def enqueue_job(job_id: str) -> None:
     """Ring the GPU worker's bell for a committed, validated job (by task name, carrying only the id)."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().queue_name)
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().queue_name, ignore_result=True)
 
 
 def enqueue_validation(job_id: str) -> None:
     """Ask a validation worker to check a committed job's data before it is queued for a GPU."""
-    get_celery().send_task(VALIDATE_JOB_TASK, args=[job_id], queue=get_settings().validate_queue_name)
+    get_celery().send_task(
+        VALIDATE_JOB_TASK, args=[job_id], queue=get_settings().validate_queue_name, ignore_result=True
+    )
 
 
 def run_dry_run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:

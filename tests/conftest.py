@@ -21,6 +21,10 @@ from shared.queue import get_celery
 from shared.settings import get_settings
 from tests.services import running_stack
 
+# Nothing in the suite may reach the Hugging Face Hub or the W&B cloud, however pytest is started.
+for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}.items():
+    os.environ.setdefault(_name, _value)
+
 REPO = Path(__file__).resolve().parent.parent
 PRICER_ROWS = REPO / "examples" / "data" / "pricer-400.jsonl"
 POSTGRES_ADMIN = os.environ.get("FTQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
