@@ -80,11 +80,12 @@ class JobRead(BaseModel):
     error: ErrorInfo | None
     attempt: int
     metadata: dict[str, str]
+    queue_position: int | None = Field(None, description="Place in line (1 = next to start) while queued.")
     wandb_url: str | None = Field(None, description="The W&B run page, once the run has started online.")
     wandb_dir: str | None = Field(None, description="The run's local directory on the worker (offline runs).")
 
     @classmethod
-    def from_job(cls, job: Job) -> "JobRead":
+    def from_job(cls, job: Job, queue_position: int | None = None) -> "JobRead":
         """Build the API view of a job row."""
         error = None
         if job.error_code is not None:
@@ -102,6 +103,7 @@ class JobRead(BaseModel):
             error=error,
             attempt=job.attempt,
             metadata=job.metadata_ or {},
+            queue_position=queue_position,
             wandb_url=job.wandb_url,
             wandb_dir=job.wandb_dir,
         )

@@ -300,3 +300,9 @@ def record_wandb(
     data = {"run_id": run_id, "url": url, "dir": directory, "mode": mode}
     add_event(session=session, job_id=job_id, type=EventType.wandb, message=f"W&B run: {where}", data=data)
     return True
+
+
+def queue_positions(*, session: Session) -> dict[str, int]:
+    """1-based place in line of every queued job (first queued, first served)."""
+    ids = session.scalars(select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at, Job.id)).all()
+    return {job_id: place for place, job_id in enumerate(ids, start=1)}

@@ -28,6 +28,11 @@ def validate_in_db(job_id: str) -> None:
 def run_to_success(job_id: str) -> int:
     """Play the workers' part in the database: validate, claim the job and record success."""
     validate_in_db(job_id)
+    return run_to_success_from_queue(job_id)
+
+
+def run_to_success_from_queue(job_id: str) -> int:
+    """Play the GPU worker's part in the database: claim a queued job and record success."""
     with session_scope() as session:
         attempt = claim_job(session=session, job_id=job_id, worker="test")
         assert attempt is not None
@@ -145,3 +150,14 @@ def test_job_subresources_of_unknown_jobs_are_404(client: TestClient, path: str)
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_queued_jobs_show_their_place_in_line(client: TestClient, spec: dict[str, Any]) -> None:
+    first, second, third = (make_job(client, spec) for _ in range(3))
+    for job_id in (first, second, third):
+        validate_in_db(job_id)
+
+    assert [client.get(f"/jobs/{j}").json()["queue_position"] for j in (first, second, third)] == [1, 2, 3]
+    run_to_success_from_queue(first)
+    listed = {j["id"]: j["queue_position"] for j in client.get("/jobs").json()["data"]}
+    assert listed == {first: None, second: 1, third: 2}

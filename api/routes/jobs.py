@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import DryRun, JobList, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
-from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs
+from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, queue_positions
 from shared.models import JobStatus
 from shared.paths import check_local_refs
 from shared.queue import enqueue_validation, run_dry_run
@@ -89,13 +89,15 @@ def list_fine_tune_jobs(
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
     jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status)
-    return JobList(data=[JobRead.from_job(job) for job in jobs], has_more=has_more)
+    places = queue_positions(session=session)
+    return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=JobRead)
 def read_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    return JobRead.from_job(get_job(session=session, job_id=job_id))
+    job = get_job(session=session, job_id=job_id)
+    return JobRead.from_job(job, queue_positions(session=session).get(job.id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
