@@ -52,6 +52,7 @@ class Result(BaseModel):
     trainable_params: int | None = None
     total_params: int | None = None
     quantization: dict[str, Any] | None = None
+    hub_commit_url: str | None = Field(None, description="Commit of the final adapter on the Hub, when pushed.")
 
 
 class ErrorInfo(BaseModel):

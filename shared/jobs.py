@@ -306,3 +306,35 @@ def queue_positions(*, session: Session) -> dict[str, int]:
     """1-based place in line of every queued job (first queued, first served)."""
     ids = session.scalars(select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at, Job.id)).all()
     return {job_id: place for place, job_id in enumerate(ids, start=1)}
+
+
+def record_hub_commit(*, session: Session, job_id: str, step: int | None, url: str) -> None:
+    """Keep a landed Hub commit on its checkpoint (step None: the final adapter) with a `hub` event."""
+    if step is not None:
+        session.execute(
+            update(Checkpoint)
+            .where(Checkpoint.job_id == job_id, Checkpoint.step == step)
+            .values(hub_commit_url=url)
+            .execution_options(synchronize_session=False)
+        )
+    what = f"checkpoint at step {step}" if step is not None else "final adapter"
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.hub,
+        message=f"pushed {what} to the Hub: {url}",
+        data={"step": step, "commit_url": url},
+    )
+
+
+def record_hub_failure(*, session: Session, job_id: str, step: int | None, message: str) -> None:
+    """Record a Hub push that failed (the checkpoint stays on disk)."""
+    what = f"checkpoint at step {step}" if step is not None else "final adapter"
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.warning,
+        level="warning",
+        message=f"push of {what} to the Hub failed: {message}",
+        data={"step": step},
+    )

@@ -25,6 +25,10 @@ class Reporter(Protocol):
 
     def wandb(self, run_id: str, url: str | None, directory: str, mode: str) -> None: ...
 
+    def hub_commit(self, step: int | None, url: str) -> None: ...
+
+    def hub_failed(self, step: int | None, message: str) -> None: ...
+
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None: ...
 
 
@@ -101,11 +105,12 @@ class ProgressCallback(TrainerCallback):
 
 
 class CheckpointCallback(TrainerCallback):
-    """Saves at the last step too, marks each checkpoint complete once written, and records it."""
+    """Saves at the last step too, marks each checkpoint complete once written, records it, and pushes it."""
 
-    def __init__(self, reporter: Reporter, progress: ProgressCallback) -> None:
+    def __init__(self, reporter: Reporter, progress: ProgressCallback, publisher: Any = None) -> None:
         self.reporter = reporter
         self.progress = progress
+        self.publisher = publisher
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Ask for a save at the final step, so the end of training is a checkpoint as well."""
@@ -119,6 +124,8 @@ class CheckpointCallback(TrainerCallback):
             return
         (path / COMPLETE_MARKER).touch()
         self.reporter.checkpoint(state.global_step, path, dict(self.progress.metrics))
+        if self.publisher is not None:
+            self.publisher.push_checkpoint(state.global_step, path)
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:

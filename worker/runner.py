@@ -16,6 +16,8 @@ from shared.jobs import (
     finish_cancel,
     get_job,
     record_checkpoint,
+    record_hub_commit,
+    record_hub_failure,
     record_log,
     record_metrics,
     record_progress,
@@ -74,6 +76,18 @@ class JobReporter:
                 directory=directory,
                 mode=mode,
             )
+            session.commit()
+
+    def hub_commit(self, step: int | None, url: str) -> None:
+        """Record a landed Hub commit (on its checkpoint, or the final one) with a `hub` event."""
+        with session_scope() as session:
+            record_hub_commit(session=session, job_id=self.job_id, step=step, url=url)
+            session.commit()
+
+    def hub_failed(self, step: int | None, message: str) -> None:
+        """Record a failed Hub push as a warning."""
+        with session_scope() as session:
+            record_hub_failure(session=session, job_id=self.job_id, step=step, message=message)
             session.commit()
 
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:

@@ -10,6 +10,8 @@ from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
+from worker.hub import HubPublisher
+from worker.model_card import render_model_card
 from worker.progress import CheckpointCallback, ProgressCallback, Reporter, TokenCounter, last_complete_checkpoint
 from worker.recipe import (
     build_lora_config,
@@ -57,7 +59,14 @@ def pick_device() -> str:
 
 
 def build_trainer(
-    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, job_id: str, interval_s: float
+    spec: JobSpec,
+    job_dir: Path,
+    roots: list[Path],
+    reporter: Reporter,
+    *,
+    job_id: str,
+    interval_s: float,
+    publisher: HubPublisher | None = None,
 ) -> tuple[CompletionTokenTrainer, DatasetStats]:
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     tokenizer = load_tokenizer(spec.base_model, roots)
@@ -84,7 +93,7 @@ def build_trainer(
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=build_lora_config(spec.lora),
-        callbacks=[progress, CheckpointCallback(reporter, progress)],
+        callbacks=[progress, CheckpointCallback(reporter, progress, publisher)],
     )
     return trainer, stats
 
@@ -93,7 +102,12 @@ def train(
     spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, job_id: str, interval_s: float
 ) -> Outcome:
     """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one."""
-    trainer, _stats = build_trainer(spec, job_dir, roots, reporter, job_id=job_id, interval_s=interval_s)
+    publisher = HubPublisher(spec.hub, reporter) if spec.hub else None
+    if publisher is not None:
+        publisher.create_repo()  # before any GPU time: a bad token or repo fails the job now
+    trainer, stats = build_trainer(
+        spec, job_dir, roots, reporter, job_id=job_id, interval_s=interval_s, publisher=publisher
+    )
     resume_from = last_complete_checkpoint(job_dir / "checkpoints")
     if resume_from is not None:
         reporter.log(f"resuming from {resume_from.name}", {"checkpoint": resume_from.name})
@@ -101,10 +115,13 @@ def train(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
     if progress.stopped:
+        if publisher is not None:
+            publisher.wait()
         return Outcome(stopped=True, progress=progress.progress)
     adapter_dir = job_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     trainer.processing_class.save_pretrained(str(adapter_dir))
+    (adapter_dir / "README.md").write_text(render_model_card(job_id, spec, stats.as_dict(), progress.progress))
     trainable, total = trainer.model.get_nb_trainable_parameters()
     result = {
         "adapter_path": str(adapter_dir),
@@ -112,4 +129,6 @@ def train(
         "total_params": int(total),
         "quantization": describe_quantization(trainer.model, spec.quantization),
     }
+    if publisher is not None:
+        result["hub_commit_url"] = publisher.push_final(adapter_dir)
     return Outcome(stopped=False, result=result, progress=progress.progress)

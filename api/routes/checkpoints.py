@@ -9,12 +9,11 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentKey, SessionDep
 from api.schemas import CheckpointList, CheckpointRead
+from shared.artifacts import ADAPTER_FILE_PATTERNS
 from shared.errors import JobNotFound
 from shared.jobs import get_job, list_checkpoints
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"])
-# What an adapter needs to be loaded again; optimizer and scheduler state stay on the server.
-ADAPTER_FILES = ("adapter_*", "tokenizer*", "special_tokens_map.json", "chat_template*", "README.md")
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
@@ -50,7 +49,7 @@ class _Chunks:
 
 
 def _adapter_files(directory: Path) -> list[Path]:
-    return sorted({p for pattern in ADAPTER_FILES for p in directory.glob(pattern) if p.is_file()})
+    return sorted({p for pattern in ADAPTER_FILE_PATTERNS for p in directory.glob(pattern) if p.is_file()})
 
 
 def _tar_gz(files: list[Path], prefix: str) -> Iterator[bytes]:
