@@ -167,3 +167,26 @@ class DryRun(BaseModel):
     stats: Stats
     planned_steps: int
     warnings: list[str]
+
+
+class FileRead(BaseModel):
+    """An uploaded dataset file."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    object: str = "file"
+    filename: str
+    format: str
+    bytes: int
+    rows: int | None = Field(description="Rows counted on upload (null for Parquet, read by the worker).")
+    sha256: str
+    created_at: UtcDatetime
+
+
+class FileList(BaseModel):
+    """Uploaded files, newest first."""
+
+    object: str = "list"
+    data: list[FileRead]
+    has_more: bool = False

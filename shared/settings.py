@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     dry_run_timeout_s: float = Field(120.0, gt=0, validation_alias="FTQ_DRY_RUN_TIMEOUT")
     progress_interval_s: float = Field(1.0, ge=0.0, validation_alias="FTQ_PROGRESS_INTERVAL")
     max_attempts: int = Field(3, ge=1, le=100, validation_alias="FTQ_MAX_ATTEMPTS")
+    max_upload_mb: int = Field(1024, ge=1, validation_alias="FTQ_MAX_UPLOAD_MB")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
     hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
     wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
         if self.local_roots:
             return [Path(p).expanduser().resolve() for p in self.local_roots.split(":") if p]
         return [self.data_path / "files"]
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded dataset files are kept (read by id, never by path from a spec)."""
+        return self.data_path / "uploads"
 
     @property
     def jobs_dir(self) -> Path:

@@ -180,3 +180,20 @@ def test_validation_fills_stats_and_planned_steps_before_the_job_is_queued(
 
     assert job["status"] == "failed" and job["attempt"] == 0, "it never reached a GPU worker"
     assert (job["error"]["code"], job["error"]["param"]) == ("completion_truncated", "hyperparameters.max_length")
+
+
+def test_an_uploaded_file_is_read_by_the_validation_worker(
+    api: httpx.Client, tiny_model: Path, train_file: Path
+) -> None:
+    uploaded = api.post("/files", files={"file": ("rows.jsonl", train_file.read_bytes())})
+    assert uploaded.status_code == 201, uploaded.text
+    spec = {
+        "base_model": str(tiny_model),
+        "dataset": {"id": uploaded.json()["id"]},
+        "hyperparameters": {"max_length": 320},
+    }
+
+    plan = api.post("/jobs", params={"dry_run": "true"}, json=spec)
+
+    assert plan.status_code == 200, plan.text
+    assert plan.json()["stats"]["rows"] == 48

@@ -12,7 +12,9 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from shared.errors import JobFailure
+from shared.db import session_scope
+from shared.errors import FtqError, JobFailure
+from shared.files import is_file_id, uploaded_file_path
 from shared.paths import check_local_dataset
 from shared.spec import DatasetSpec, is_local_path
 
@@ -38,7 +40,11 @@ class DatasetStats:
 def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
     """Load the dataset split named by the spec (a local file or folder under the roots, or a Hub id)."""
     try:
-        if is_local_path(spec.id):
+        if is_file_id(spec.id):
+            with session_scope() as session:
+                path = uploaded_file_path(session=session, file_id=spec.id)
+            rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
+        elif is_local_path(spec.id):
             path = check_local_dataset(spec.id, roots)
             if path.is_dir():
                 rows = load_dataset(str(path), split=spec.split)
@@ -46,7 +52,7 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
                 rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         else:
             rows = load_dataset(spec.id, split=spec.split)
-    except JobFailure:
+    except FtqError:
         raise
     except ValueError as exc:
         raise JobFailure(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import DryRun, JobList, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
+from shared.files import check_dataset_file
 from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, queue_positions
 from shared.models import JobStatus
 from shared.paths import check_local_refs
@@ -48,6 +49,7 @@ def create_fine_tune_job(
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
+    check_dataset_file(session=session, ref=spec.dataset.id)
     if dry_run:
         response.status_code = status.HTTP_200_OK
         return _dry_run(spec, settings.dry_run_timeout_s)
