@@ -1,12 +1,22 @@
 """The FastAPI application."""
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import checkpoints, events, files, health, jobs
 from shared.errors import FtqError
+from shared.reconciler import reconcile_once
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _param(loc: tuple[str | int, ...]) -> str:
@@ -43,9 +53,30 @@ async def handle_http_error(_request: Request, exc: StarletteHTTPException) -> J
     )
 
 
+async def reconcile_forever() -> None:
+    """Run the reconciler every interval for as long as the API runs; a failed pass is logged and retried."""
+    while True:
+        await asyncio.sleep(get_settings().reconcile_interval_s)
+        try:
+            await run_in_threadpool(reconcile_once)
+        except Exception:
+            log.exception("reconciler pass failed")
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """Start the reconciler with the API and stop it on shutdown."""
+    task = asyncio.create_task(reconcile_forever())
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app() -> FastAPI:
     """Build the API application."""
     app = FastAPI(
+        lifespan=lifespan,
         title="ftq",
         summary="Self-hosted fine-tuning jobs: 4-bit QLoRA SFT on a shared GPU box.",
         version="0.1.0",

@@ -4,6 +4,7 @@ Writes by a worker are fenced by `attempt`: a write from an attempt that is no l
 Every change of status appends a `status` event in the same transaction.
 """
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -338,3 +339,44 @@ def record_hub_failure(*, session: Session, job_id: str, step: int | None, messa
         message=f"push of {what} to the Hub failed: {message}",
         data={"step": step},
     )
+
+
+def heartbeat(*, session: Session, job_id: str, attempt: int) -> bool:
+    """Extend a live attempt's lease; False means the attempt was fenced off and must stop."""
+    return _fenced_update(session, job_id, attempt, LIVE, heartbeat_at=utcnow())
+
+
+def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> list[str]:
+    """Take back jobs whose worker stopped heartbeating: queue them again (to resume), or end them.
+
+    Returns the ids queued again, to be enqueued once this transaction commits. Each change is conditional on
+    the attempt and heartbeat seen, so two reconcilers (or a worker waking up) cannot both act on one job.
+    """
+    cutoff = utcnow() - timedelta(seconds=ttl_s)
+    expired = session.execute(
+        select(Job.id, Job.attempt, Job.status, Job.heartbeat_at).where(Job.status.in_(LIVE), Job.heartbeat_at < cutoff)
+    ).all()
+    requeued = []
+    for job_id, attempt, status, seen in expired:
+        fence = (Job.id == job_id, Job.attempt == attempt, Job.heartbeat_at == seen, Job.status == status)
+        if status is JobStatus.cancelling:
+            values: dict[str, Any] = {"status": JobStatus.cancelled, "finished_at": utcnow()}
+        elif attempt < max_attempts:
+            values = {"status": JobStatus.queued, "worker": None}
+        else:
+            values = {
+                "status": JobStatus.failed,
+                "error_code": "worker_lost",
+                "error_message": f"the worker stopped responding on attempt {attempt} of {max_attempts}",
+                "finished_at": utcnow(),
+            }
+        result = session.execute(
+            update(Job).where(*fence).values(**values).execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        new_status = values["status"]
+        _set_status(session, job_id, new_status, f"{new_status.value}: worker lost (no heartbeat for {ttl_s:.0f}s)")
+        if new_status is JobStatus.queued:
+            requeued.append(job_id)
+    return requeued

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0.0, validation_alias="FTQ_PROGRESS_INTERVAL")
     max_attempts: int = Field(3, ge=1, le=100, validation_alias="FTQ_MAX_ATTEMPTS")
     max_upload_mb: int = Field(1024, ge=1, validation_alias="FTQ_MAX_UPLOAD_MB")
+    lease_ttl_s: float = Field(120.0, gt=0, validation_alias="FTQ_LEASE_TTL")
+    reconcile_interval_s: float = Field(15.0, gt=0, validation_alias="FTQ_RECONCILE_INTERVAL")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
     hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
     wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import redis
@@ -19,7 +18,7 @@ from shared.db import reset_engines, session_scope
 from shared.migrate import upgrade_database
 from shared.queue import get_celery
 from shared.settings import get_settings
-from tests.services import running_stack
+from tests.services import StackClient, running_stack
 
 # Nothing in the suite may reach the Hugging Face Hub or the W&B cloud, however pytest is started.
 for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}.items():
@@ -154,8 +153,8 @@ def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
-) -> Iterator[httpx.Client]:
-    """A running API + worker on SQLite or PostgreSQL, and a client holding a fresh key."""
+) -> Iterator[StackClient]:
+    """A running API + workers on SQLite or PostgreSQL, and a client holding a fresh key."""
     data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
     if request.param == "sqlite":
         url = f"sqlite:///{data_dir / 'ftq.db'}"
@@ -173,8 +172,9 @@ def api(
     with session_scope(url) as session:
         _key, raw = create_api_key(session=session, name="e2e")
         session.commit()
-    with running_stack(env, data_dir / "logs") as base_url:
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
+    with running_stack(env, data_dir / "logs") as stack:
+        headers = {"Authorization": f"Bearer {raw}"}
+        with StackClient(stack, headers=headers) as client:
             yield client
     clear_caches()
     if request.param == "postgres":

@@ -24,6 +24,8 @@ OFFLINE = {
     "WANDB_MODE": "offline",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# Short leases and quick progress so tests see crashes and progress within seconds.
+FAST_TIMERS = {"FTQ_PROGRESS_INTERVAL": "0.2", "FTQ_LEASE_TTL": "5", "FTQ_RECONCILE_INTERVAL": "0.5"}
 
 
 def free_port() -> int:
@@ -60,27 +62,61 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 15) ->
             continue
 
 
-@contextmanager
-def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[str]:
-    """Start the API and one worker with `env`; yield the API's base URL; stop both."""
-    full_env = {**os.environ, **OFFLINE, "FTQ_PROGRESS_INTERVAL": "0.2", **env}
-    settings = Settings(**env)
-    port = free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    processes = []
-    names = ("api", "worker", "validator")
-    for name, command in zip(names, stack_commands(settings, "127.0.0.1", port), strict=True):
-        log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        processes.append(
-            subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base_url)
-        yield base_url
-    finally:
-        for process in processes:
+class RunningStack:
+    """The API and workers of a test, with the means to kill and restart the GPU worker."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **OFFLINE, **FAST_TIMERS, **env}
+        self.settings = Settings(**env)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str]) -> None:
+        """Start one process in its own group, logging to `<log_dir>/<name>.log`."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill_worker(self) -> None:
+        """SIGKILL the GPU worker's whole process group, as a crash or a lost machine would."""
+        os.killpg(self.processes["worker"].pid, signal.SIGKILL)
+        self.processes["worker"].wait()
+
+    def restart_worker(self) -> None:
+        """Start a fresh GPU worker."""
+        _api, worker, _validator = stack_commands(self.settings, "127.0.0.1", self.port)
+        self.start("worker", worker)
+
+    def stop(self) -> None:
+        """Stop every process."""
+        for process in self.processes.values():
             stop_process_group(process)
+
+
+class StackClient(httpx.Client):
+    """An HTTP client of a running stack, which it can also reach to kill and restart the worker."""
+
+    def __init__(self, stack: RunningStack, headers: dict[str, str]) -> None:
+        super().__init__(base_url=stack.base_url, headers=headers, timeout=30)
+        self.stack = stack
+
+
+@contextmanager
+def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[RunningStack]:
+    """Start the API, a GPU worker and a validation worker with `env`; stop them all at the end."""
+    stack = RunningStack(env, log_dir)
+    names = ("api", "worker", "validator")
+    for name, command in zip(names, stack_commands(stack.settings, "127.0.0.1", stack.port), strict=True):
+        stack.start(name, command)
+    try:
+        wait_healthy(stack.base_url)
+        yield stack
+    finally:
+        stack.stop()
 
 
 def wait_for_end(client: httpx.Client, job_id: str, timeout_s: float = 300) -> dict[str, Any]:

@@ -48,8 +48,8 @@ def hub_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, hub: Hub
         "HF_HUB_OFFLINE": "0",
         "HF_TOKEN": HF_TOKEN,
     }
-    with running_stack(env, data_dir / "logs") as base_url:
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
+    with running_stack(env, data_dir / "logs") as stack:
+        with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
             yield client
     clear_caches()
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import trainer_pids, wait_for_end, wait_until
+from tests.services import StackClient, trainer_pids, wait_for_end, wait_until
 from tests.wandb_files import read_run
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.training, pytest.mark.redis]
 
 def long_spec(tiny_model: Path, train_file: Path, **hyperparameters: Any) -> dict[str, Any]:
     """A job long enough to be interrupted."""
-    hp = {"batch_size": 16, "max_length": 320, "logging_steps": 1, "epochs": 100.0, **hyperparameters}
+    hp = {"batch_size": 8, "max_length": 320, "logging_steps": 1, "epochs": 100.0, **hyperparameters}
     return {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": hp}
 
 
@@ -57,7 +57,7 @@ def test_cancel_stops_a_running_job_at_the_next_step_and_its_process_exits(
 def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(
     api: httpx.Client, tiny_model: Path, train_file: Path
 ) -> None:
-    job_id = submit(api, long_spec(tiny_model, train_file, max_steps=24, save_steps=4))
+    job_id = submit(api, long_spec(tiny_model, train_file, max_steps=12, save_steps=3))
     wait_until(lambda: bool(api.get(f"/jobs/{job_id}/checkpoints").json()["data"]), what="a first checkpoint")
     killed_at = step_of(api, job_id)
     for pid in trainer_pids(job_id):
@@ -67,18 +67,18 @@ def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(
 
     assert job["status"] == "succeeded", job["error"]
     assert job["attempt"] == 2
-    assert job["progress"]["step"] == job["progress"]["total_steps"] == 24
+    assert job["progress"]["step"] == job["progress"]["total_steps"] == 12
     events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     resumed = [e for e in events if e["type"] == "log" and e["message"].startswith("resuming from")]
     assert len(resumed) == 1
     resumed_step = int(resumed[0]["data"]["checkpoint"].rsplit("-", 1)[1])
-    assert 4 <= resumed_step <= killed_at + 4
+    assert 3 <= resumed_step <= killed_at + 3
     assert any(e["type"] == "warning" and "attempt 1 lost" in e["message"] for e in events)
     # The resumed run continued the same optimizer/scheduler state: its log history starts where the first left off.
-    final = Path(job["result"]["adapter_path"]).parent / "checkpoints" / "checkpoint-24" / "trainer_state.json"
+    final = Path(job["result"]["adapter_path"]).parent / "checkpoints" / "checkpoint-12" / "trainer_state.json"
     history = json.loads(final.read_text())["log_history"]
     steps = [entry["step"] for entry in history if "loss" in entry]
-    assert steps == list(range(1, 25))
+    assert steps == list(range(1, 13))
 
 
 def test_wandb_run_is_offline_without_a_key_and_holds_the_spec_and_every_logged_loss(
@@ -105,3 +105,27 @@ def test_wandb_run_is_offline_without_a_key_and_holds_the_spec_and_every_logged_
     logged = {row["train/global_step"]: row["train/loss"] for row in run["history"] if "train/loss" in row}
     losses = {e["data"]["step"]: e["data"]["loss"] for e in events if e["type"] == "progress"}
     assert logged == pytest.approx(losses) and sorted(logged) == [1, 2, 3, 4]
+
+
+def test_a_job_whose_whole_worker_died_resumes_on_a_new_worker_in_the_same_wandb_run(
+    api: StackClient, tiny_model: Path, train_file: Path
+) -> None:
+    spec = long_spec(tiny_model, train_file, max_steps=12, save_steps=3)
+    spec["wandb"] = {"project": "pricer"}
+    job_id = submit(api, spec)
+    wait_until(lambda: bool(api.get(f"/jobs/{job_id}/checkpoints").json()["data"]), what="a first checkpoint")
+
+    api.stack.kill_worker()
+    wait_until(lambda: not trainer_pids(job_id), timeout_s=10, what="the orphaned trainer to die with its worker")
+    wait_until(
+        lambda: api.get(f"/jobs/{job_id}").json()["status"] == "queued", timeout_s=30, what="the lease to expire"
+    )
+    api.stack.restart_worker()
+    job = wait_for_end(api, job_id)
+
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 2 and job["progress"]["step"] == 12
+    events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    assert any(e["type"] == "log" and e["message"].startswith("resuming from checkpoint-") for e in events)
+    runs = [e["data"]["run_id"] for e in events if e["type"] == "wandb"]
+    assert runs == [job_id, job_id], "both attempts log to the one W&B run"

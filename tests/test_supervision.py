@@ -3,14 +3,23 @@
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from shared.db import session_scope
-from shared.jobs import cancel_job, claim_job, create_job, get_job, pass_validation
-from shared.models import ApiKey, JobStatus
+from shared.jobs import (
+    cancel_job,
+    claim_job,
+    create_job,
+    get_job,
+    heartbeat,
+    pass_validation,
+    reclaim_expired,
+)
+from shared.models import ApiKey, JobStatus, utcnow
 from shared.spec import JobSpec
 from worker.tasks import _record_exit, supervise
 
@@ -72,3 +81,56 @@ def test_a_job_killed_on_its_last_attempt_fails(running_job: str, monkeypatch: p
     assert _record_exit(running_job, 1, -9) is False
 
     assert status_of(running_job) == (JobStatus.failed, "worker_crashed")
+
+
+def age_heartbeat(job_id: str, seconds: float) -> None:
+    """Pretend the job's worker last beat `seconds` ago."""
+    with session_scope() as session:
+        job = get_job(session=session, job_id=job_id)
+        job.heartbeat_at = utcnow() - timedelta(seconds=seconds)
+        session.commit()
+
+
+def test_a_job_whose_worker_stopped_beating_is_queued_again_and_the_old_attempt_is_fenced(running_job: str) -> None:
+    age_heartbeat(running_job, 600)
+
+    with session_scope() as session:
+        requeued = reclaim_expired(session=session, ttl_s=120, max_attempts=3)
+        session.commit()
+        still_ours = heartbeat(session=session, job_id=running_job, attempt=1)
+
+    assert requeued == [running_job]
+    assert status_of(running_job) == (JobStatus.queued, None)
+    assert still_ours is False, "the lost attempt must learn it no longer owns the job"
+
+
+def test_a_fresh_heartbeat_keeps_the_job(running_job: str) -> None:
+    with session_scope() as session:
+        assert heartbeat(session=session, job_id=running_job, attempt=1)
+        assert reclaim_expired(session=session, ttl_s=120, max_attempts=3) == []
+        session.commit()
+
+    assert status_of(running_job) == (JobStatus.running, None)
+
+
+def test_a_lost_job_on_its_last_attempt_fails_with_worker_lost(running_job: str) -> None:
+    age_heartbeat(running_job, 600)
+
+    with session_scope() as session:
+        assert reclaim_expired(session=session, ttl_s=120, max_attempts=1) == []
+        session.commit()
+
+    assert status_of(running_job) == (JobStatus.failed, "worker_lost")
+
+
+def test_a_lost_job_that_was_being_cancelled_ends_cancelled(running_job: str) -> None:
+    with session_scope() as session:
+        cancel_job(session=session, job=get_job(session=session, job_id=running_job))
+        session.commit()
+    age_heartbeat(running_job, 600)
+
+    with session_scope() as session:
+        assert reclaim_expired(session=session, ttl_s=120, max_attempts=3) == []
+        session.commit()
+
+    assert status_of(running_job) == (JobStatus.cancelled, None)

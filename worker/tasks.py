@@ -18,6 +18,7 @@ from shared.jobs import (
     fail_validation,
     finish_cancel,
     get_job,
+    heartbeat,
     is_cancelling,
     pass_validation,
     requeue_job,
@@ -39,20 +40,34 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _cancelling(job_id: str, attempt: int) -> bool:
+def _beat(job_id: str, attempt: int) -> tuple[bool, bool]:
+    """Extend the lease; returns (still ours, cancel requested)."""
     with session_scope() as session:
-        return is_cancelling(session=session, job_id=job_id, attempt=attempt)
+        ours = heartbeat(session=session, job_id=job_id, attempt=attempt)
+        cancelling = ours and is_cancelling(session=session, job_id=job_id, attempt=attempt)
+        session.commit()
+    return ours, cancelling
 
 
 def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float) -> int:
-    """Wait for the trainer; kill its process group if a cancel is not honoured within `grace_s`."""
+    """Wait for the trainer while holding the job's lease; kill it if the job is taken from this attempt, or if
+    a cancel is not honoured within `grace_s`."""
     cancel_seen: float | None = None
     while True:
         try:
             return process.wait(timeout=SUPERVISE_POLL_S)
         except subprocess.TimeoutExpired:
             pass
-        if not _cancelling(job_id, attempt):
+        try:
+            ours, cancelling = _beat(job_id, attempt)
+        except Exception:  # a database blip must not orphan the trainer; the lease covers longer outages
+            log.exception("heartbeat of job %s failed; will retry", job_id)
+            continue
+        if not ours:
+            log.warning("job %s attempt %s was taken over; killing its trainer", job_id, attempt)
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+        if not cancelling:
             continue
         cancel_seen = cancel_seen or time.monotonic()
         if time.monotonic() - cancel_seen >= grace_s:
