@@ -4,6 +4,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,13 @@ def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
     return {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
+@contextmanager
+def stack_client(
+    database: str, data_dir: Path, local_root: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[StackClient]:
-    """A running API + workers on SQLite or PostgreSQL, and a client holding a fresh key."""
-    data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
-    if request.param == "sqlite":
+    """Run an API + GPU worker + validation worker on a fresh SQLite or PostgreSQL database and the local
+    Redis (queues of its own); yield a client holding a fresh key."""
+    if database == "sqlite":
         url = f"sqlite:///{data_dir / 'ftq.db'}"
     else:
         url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
@@ -167,15 +168,33 @@ def api(
         "FTQ_QUEUE": f"ftq-e2e-{uuid.uuid4().hex[:8]}",
         "FTQ_VALIDATE_QUEUE": f"ftq-e2e-validate-{uuid.uuid4().hex[:8]}",
         "FTQ_LOCAL_ROOTS": str(local_root),
+        **(extra_env or {}),
     }
     upgrade_database(url)
     with session_scope(url) as session:
         _key, raw = create_api_key(session=session, name="e2e")
         session.commit()
-    with running_stack(env, data_dir / "logs") as stack:
-        headers = {"Authorization": f"Bearer {raw}"}
-        with StackClient(stack, headers=headers) as client:
-            yield client
-    clear_caches()
-    if request.param == "postgres":
-        _drop_postgres_db(url)
+    try:
+        with running_stack(env, data_dir / "logs") as stack:
+            with StackClient(stack, headers={"Authorization": f"Bearer {raw}"}) as client:
+                yield client
+    finally:
+        clear_caches()
+        if database == "postgres":
+            _drop_postgres_db(url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
+) -> Iterator[StackClient]:
+    """A running stack on SQLite or PostgreSQL (each test runs on both)."""
+    with stack_client(request.param, tmp_path_factory.mktemp(f"stack-{request.param}"), local_root) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def pg_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path) -> Iterator[StackClient]:
+    """A running stack on PostgreSQL, the team setup."""
+    with stack_client("postgres", tmp_path_factory.mktemp("stack-pg"), local_root) as client:
+        yield client

@@ -10,12 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.auth import create_api_key
-from shared.db import session_scope
-from shared.migrate import upgrade_database
-from tests.conftest import REDIS_URL, clear_caches
+from tests.conftest import stack_client
 from tests.hub_standin import HubStandIn
-from tests.services import running_stack, wait_for_end
+from tests.services import StackClient, wait_for_end
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 HF_TOKEN = f"hf_fakeTokenForTests{uuid.uuid4().hex}"
@@ -29,29 +26,11 @@ def hub() -> Iterator[HubStandIn]:
 
 
 @pytest.fixture(scope="module")
-def hub_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, hub: HubStandIn) -> Iterator[httpx.Client]:
-    """API + workers whose Hub is the stand-in and whose server-side token is HF_TOKEN."""
-    data_dir = tmp_path_factory.mktemp("stack-hub")
-    url = f"sqlite:///{data_dir / 'ftq.db'}"
-    upgrade_database(url)
-    with session_scope(url) as session:
-        _key, raw = create_api_key(session=session, name="hub")
-        session.commit()
-    env = {
-        "FTQ_DATA_DIR": str(data_dir),
-        "DATABASE_URL": url,
-        "BROKER_URL": REDIS_URL,
-        "FTQ_QUEUE": f"ftq-hub-{uuid.uuid4().hex[:8]}",
-        "FTQ_VALIDATE_QUEUE": f"ftq-hub-validate-{uuid.uuid4().hex[:8]}",
-        "FTQ_LOCAL_ROOTS": str(local_root),
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_OFFLINE": "0",
-        "HF_TOKEN": HF_TOKEN,
-    }
-    with running_stack(env, data_dir / "logs") as stack:
-        with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
-            yield client
-    clear_caches()
+def hub_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, hub: HubStandIn) -> Iterator[StackClient]:
+    """A running stack whose Hub is the stand-in and whose server-side token is HF_TOKEN."""
+    hub_env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HF_TOKEN}
+    with stack_client("sqlite", tmp_path_factory.mktemp("stack-hub"), local_root, hub_env) as client:
+        yield client
 
 
 def test_checkpoints_and_the_final_adapter_are_pushed_with_their_commit_urls(
