@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import checkpoints, events, files, health, jobs
@@ -41,6 +42,13 @@ async def handle_validation_error(_request: Request, exc: RequestValidationError
 async def handle_ftq_error(_request: Request, exc: FtqError) -> JSONResponse:
     """Our own errors keep their status, code and param."""
     return JSONResponse(status_code=exc.status_code, content={"error": exc.as_dict()})
+
+
+async def handle_database_error(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+    """The database could not be reached or used: 503, so clients retry; the pool reconnects by itself."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    error = {"code": "database_unavailable", "message": "the database is unavailable; retry shortly", "param": None}
+    return JSONResponse(status_code=503, content={"error": error}, headers={"Retry-After": "5"})
 
 
 async def handle_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -89,6 +97,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
+    for error in (OperationalError, InterfaceError, DisconnectionError):
+        app.add_exception_handler(error, handle_database_error)  # type: ignore[arg-type]
     return app
 
 

@@ -5,6 +5,7 @@ import json
 import math
 import tarfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,23 @@ def test_an_uploaded_file_is_read_by_the_validation_worker(
 
     assert plan.status_code == 200, plan.text
     assert plan.json()["stats"]["rows"] == 48
+
+
+def test_twenty_concurrent_posts_with_one_idempotency_key_create_one_job(
+    api: httpx.Client, tiny_model: Path, train_file: Path
+) -> None:
+    spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "metadata": {"run": uuid.uuid4().hex}}
+    key = f"burst-{uuid.uuid4().hex}"
+
+    def post(_: int) -> httpx.Response:
+        return api.post("/jobs", json=spec, headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(post, range(20)))
+
+    created = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert len(created) == 1
+    assert all(r.status_code in (201, 409) for r in responses)
+    mine = [j for j in api.get("/jobs", params={"limit": 100}).json()["data"] if j["metadata"] == spec["metadata"]]
+    assert [j["id"] for j in mine] == list(created)
+    api.post(f"/jobs/{mine[0]['id']}/cancel")

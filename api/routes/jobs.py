@@ -3,14 +3,17 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import DryRun, JobList, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
+from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.idempotency import complete_key, release_key, request_hash, reserve_key
 from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, queue_positions
-from shared.models import JobStatus
+from shared.models import Job, JobStatus
 from shared.paths import check_local_refs
 from shared.queue import enqueue_validation, run_dry_run
 from shared.spec import JobSpec
@@ -46,6 +49,15 @@ def create_fine_tune_job(
     key: CurrentKey,
     response: Response,
     dry_run: Annotated[bool, Query(description="Validate and plan only: nothing is stored or queued.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            min_length=1,
+            max_length=255,
+            description="Retry safely: the same key and body within 24 h return the job the first request created.",
+        ),
+    ] = None,
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
@@ -53,9 +65,13 @@ def create_fine_tune_job(
     if dry_run:
         response.status_code = status.HTTP_200_OK
         return _dry_run(spec, settings.dry_run_timeout_s)
-    job = create_job(session=session, spec=spec, owner_id=key.id)
-    # Commit before enqueueing: the worker must find the row when the message arrives.
-    session.commit()
+    if idempotency_key is not None:
+        fingerprint = request_hash(spec.model_dump(mode="json"))
+        earlier = reserve_key(session=session, owner_id=key.id, key=idempotency_key, fingerprint=fingerprint)
+        if earlier is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return read_fine_tune_job(earlier, session, key)
+    job = _store_job(session, spec, key.id, idempotency_key)
     try:
         enqueue_validation(job.id)
     except Exception as exc:
@@ -64,6 +80,22 @@ def create_fine_tune_job(
         session.commit()
         raise QueueUnavailable("the job queue is unavailable; the job was not started", param=None) from exc
     return JobRead.from_job(job)
+
+
+def _store_job(session: Session, spec: JobSpec, owner_id: str, idempotency_key: str | None) -> Job:
+    """Create and commit the job (bound to its idempotency key), before anything is enqueued."""
+    try:
+        job = create_job(session=session, spec=spec, owner_id=owner_id)
+        if idempotency_key is not None:
+            complete_key(session=session, owner_id=owner_id, key=idempotency_key, job_id=job.id)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if idempotency_key is not None:
+            release_key(session=session, owner_id=owner_id, key=idempotency_key)
+            session.commit()
+        raise
+    return job
 
 
 def _dry_run(spec: JobSpec, timeout_s: float) -> DryRun:

@@ -1,0 +1,52 @@
+"""The API while its PostgreSQL server is down: 503 (not 500), and it recovers by itself once the server is back."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from shared.auth import create_api_key
+from shared.db import session_scope
+from shared.migrate import upgrade_database
+from tests.conftest import clear_caches
+from tests.throwaway_postgres import ThrowawayPostgres
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server this test may stop and start."""
+    server = ThrowawayPostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        clear_caches()
+        server.remove()
+
+
+def test_api_answers_503_while_postgres_is_down_and_recovers(
+    own_postgres: ThrowawayPostgres, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", own_postgres.url)
+    clear_caches()
+    upgrade_database(own_postgres.url)
+    with session_scope() as session:
+        _key, raw = create_api_key(session=session, name="faults")
+        session.commit()
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"}) as client:
+        assert client.get("/jobs").status_code == 200
+
+        own_postgres.stop()
+        down = [client.get("/jobs"), client.post("/jobs", json=spec), client.get("/healthz")]
+        own_postgres.start()
+        back = client.get("/jobs")
+
+    assert [r.status_code for r in down] == [503, 503, 503]
+    assert all(r.json()["error"]["code"] == "database_unavailable" for r in down)
+    assert down[0].headers["Retry-After"] == "5"
+    assert back.status_code == 200
