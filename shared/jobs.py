@@ -7,7 +7,7 @@ Every change of status appends a `status` event in the same transaction.
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, JobNotFound
@@ -380,3 +380,50 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
         if new_status is JobStatus.queued:
             requeued.append(job_id)
     return requeued
+
+
+def claim_next_job(*, session: Session, worker: str, tries: int = 5) -> tuple[str, int] | None:
+    """Claim the job that has waited longest (a message is only a bell: any queued job may answer it)."""
+    for _ in range(tries):
+        job_id = session.scalar(
+            select(Job.id)
+            .where(Job.status == JobStatus.queued, Job.cancel_requested_at.is_(None))
+            .order_by(Job.created_at, Job.id)
+            .limit(1)
+        )
+        if job_id is None:
+            return None
+        attempt = claim_job(session=session, job_id=job_id, worker=worker)
+        if attempt is not None:
+            return job_id, attempt
+    return None  # other workers kept winning; their bells will come round again
+
+
+def stale_validations(*, session: Session, older_than_s: float) -> list[str]:
+    """Jobs still `validating` whose message was sent (or should have been) longer ago than `older_than_s`."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    last_sent = func.coalesce(Job.dispatched_at, Job.created_at)
+    query = select(Job.id).where(Job.status == JobStatus.validating, last_sent < cutoff).order_by(Job.created_at)
+    return list(session.scalars(query))
+
+
+def oldest_queued(*, session: Session, limit: int) -> list[str]:
+    """The ids of up to `limit` queued jobs, oldest first."""
+    query = select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at, Job.id).limit(limit)
+    return list(session.scalars(query))
+
+
+def count_queued(*, session: Session) -> int:
+    """How many jobs wait for a GPU worker."""
+    return int(session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.queued)) or 0)
+
+
+def mark_dispatched(*, session: Session, job_ids: list[str]) -> None:
+    """Remember when these jobs' messages were (re)sent."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids))
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )

@@ -103,6 +103,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     wandb_run_id: Mapped[str | None] = mapped_column(String(128), default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
     wandb_dir: Mapped[str | None] = mapped_column(String(1024), default=None)

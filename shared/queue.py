@@ -41,6 +41,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_concurrency": 1,
         "worker_hijack_root_logger": False,
     }
+    if settings.broker.startswith(("redis://", "rediss://")):
+        # Take a message only when the process is free to run it (Redis only): none waits unacked behind a job.
+        config["worker_disable_prefetch"] = True
     if settings.uses_embedded_broker:
         # kombu's SQLAlchemy transport has no fanout: remote control, gossip and mingle need it.
         config["worker_enable_remote_control"] = False
@@ -85,3 +88,10 @@ def run_dry_run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         raise
     result.forget()
     return answer
+
+
+def queue_length(name: str) -> int:
+    """Messages waiting in a queue of the broker (Redis or the embedded one)."""
+    with get_celery().connection_for_write() as connection:
+        declared = connection.default_channel.queue_declare(queue=name, durable=True, auto_delete=False)
+        return int(declared.message_count)

@@ -1,22 +1,50 @@
-"""Takes back jobs whose worker died (no heartbeat within the lease) and queues them again to resume."""
+"""The reconciler keeps the broker in step with the database, which is the source of truth:
+
+- jobs whose worker died (no heartbeat within the lease) are queued again to resume, or ended;
+- jobs stuck `validating` (their message was lost, or the API died between commit and publish) are re-sent;
+- the GPU queue holds at least one message per queued job (messages lost to a Redis flush are replaced).
+
+Messages are only bells: a GPU worker that takes one claims the job that has waited longest, so an extra
+message claims nothing and a missing one is made up on the next pass.
+"""
 
 import logging
+from dataclasses import dataclass, field
 
 from shared.db import session_scope
-from shared.jobs import reclaim_expired
-from shared.queue import enqueue_job
+from shared.jobs import count_queued, mark_dispatched, oldest_queued, reclaim_expired, stale_validations
+from shared.queue import enqueue_job, enqueue_validation, queue_length
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def reconcile_once() -> list[str]:
-    """One pass: requeue expired jobs (committing first), then ring the workers' bell for each."""
+@dataclass
+class Pass:
+    """What one reconciler pass did."""
+
+    requeued: list[str] = field(default_factory=list)
+    revalidated: list[str] = field(default_factory=list)
+    bells: list[str] = field(default_factory=list)
+
+
+def reconcile_once() -> Pass:
+    """One pass; each database change is committed before any message is sent."""
     settings = get_settings()
+    done = Pass()
     with session_scope() as session:
-        requeued = reclaim_expired(session=session, ttl_s=settings.lease_ttl_s, max_attempts=settings.max_attempts)
+        done.requeued = reclaim_expired(session=session, ttl_s=settings.lease_ttl_s, max_attempts=settings.max_attempts)
         session.commit()
-    for job_id in requeued:
-        log.warning("job %s lost its worker; queued again to resume", job_id)
+        done.revalidated = stale_validations(session=session, older_than_s=settings.redispatch_after_s)
+        mark_dispatched(session=session, job_ids=done.revalidated)
+        session.commit()
+    for job_id in done.revalidated:
+        log.warning("job %s still validating; validation message sent again", job_id)
+        enqueue_validation(job_id)
+    with session_scope() as session:
+        missing = count_queued(session=session) - queue_length(settings.queue_name)
+        done.bells = oldest_queued(session=session, limit=missing) if missing > 0 else []
+    for job_id in done.bells:
+        log.warning("queued job %s has no message in the queue; sending one", job_id)
         enqueue_job(job_id)
-    return requeued
+    return done

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(1024, ge=1, validation_alias="FTQ_MAX_UPLOAD_MB")
     lease_ttl_s: float = Field(120.0, gt=0, validation_alias="FTQ_LEASE_TTL")
     reconcile_interval_s: float = Field(15.0, gt=0, validation_alias="FTQ_RECONCILE_INTERVAL")
+    redispatch_after_s: float = Field(300.0, gt=0, validation_alias="FTQ_REDISPATCH_AFTER")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
     hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
     wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")

@@ -25,7 +25,12 @@ OFFLINE = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 # Short leases and quick progress so tests see crashes and progress within seconds.
-FAST_TIMERS = {"FTQ_PROGRESS_INTERVAL": "0.2", "FTQ_LEASE_TTL": "5", "FTQ_RECONCILE_INTERVAL": "0.5"}
+FAST_TIMERS = {
+    "FTQ_PROGRESS_INTERVAL": "0.2",
+    "FTQ_LEASE_TTL": "5",
+    "FTQ_RECONCILE_INTERVAL": "0.5",
+    "FTQ_REDISPATCH_AFTER": "3",
+}
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from shared.db import session_scope
 from shared.errors import FtqError, JobFailure
 from shared.jobs import (
-    claim_job,
+    claim_next_job,
     fail_job,
     fail_validation,
     finish_cancel,
@@ -116,14 +116,15 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
 
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
-    """Claim a queued job and train it in a child process; record how a crashed or killed child ended."""
+    """Claim the longest-waiting queued job (the message is a bell) and train it in a supervised child process."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     with session_scope() as session:
-        attempt = claim_job(session=session, job_id=job_id, worker=worker)
+        claimed = claim_next_job(session=session, worker=worker)
         session.commit()
-    if attempt is None:
-        log.info("job %s is not queued any more; message dropped", job_id)
+    if claimed is None:
+        log.info("no queued job to claim (bell for %s); message dropped", job_id)
         return
+    job_id, attempt = claimed
     log.info("job %s attempt %s starts on %s", job_id, attempt, worker)
     code = run_training_process(job_id, attempt)
     if code != 0 and _record_exit(job_id, attempt, code):
