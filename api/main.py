@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import checkpoints, events, files, health, jobs
@@ -49,6 +50,13 @@ async def handle_database_error(_request: Request, exc: SQLAlchemyError) -> JSON
     log.warning("database unavailable: %s", type(exc).__name__)
     error = {"code": "database_unavailable", "message": "the database is unavailable; retry shortly", "param": None}
     return JSONResponse(status_code=503, content={"error": error}, headers={"Retry-After": "5"})
+
+
+async def handle_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug or an unforeseen failure: 500, still in the error envelope; the details go to the log only."""
+    log.exception("unhandled error", exc_info=exc)
+    error = {"code": "internal_error", "message": "an unexpected error occurred; it has been logged", "param": None}
+    return JSONResponse(status_code=500, content={"error": error})
 
 
 async def handle_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -97,8 +105,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
-    for error in (OperationalError, InterfaceError, DisconnectionError):
+    for error in (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError):
         app.add_exception_handler(error, handle_database_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, handle_unexpected_error)
     return app
 
 

@@ -146,7 +146,7 @@ class CheckpointRead(BaseModel):
     object: str = "fine_tuning.job.checkpoint"
     step: int
     created_at: UtcDatetime
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     download_url: str
     hub_commit_url: str | None
 

@@ -40,8 +40,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    stack.start()
     try:
+        stack.start()
         if args.demo:
             _run_demo(settings, f"http://{args.host}:{args.port}", key_file.read_text().strip(), lambda: stopping)
         while not stopping:
@@ -77,8 +77,9 @@ def _run_demo(settings: Settings, base_url: str, api_key: str, stopping: Callabl
             time.sleep(0.5)
     job = demo.submit(base_url, api_key, spec)
     print(f"demo job {job['id']} submitted (spec in {settings.data_path / 'demo-spec.json'})", flush=True)
-    final = demo.follow(base_url, api_key, job["id"])
-    print(f"demo job {final['status']}; the API keeps serving on {base_url} (Ctrl-C to stop)", flush=True)
+    final = demo.follow(base_url, api_key, job["id"], stopping)
+    if final is not None:
+        print(f"demo job {final['status']}; the API keeps serving on {base_url} (Ctrl-C to stop)", flush=True)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

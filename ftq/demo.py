@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ def submit(base_url: str, api_key: str, spec: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def follow(base_url: str, api_key: str, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
-    """Print a line per change of the job until it ends; return the final job."""
+def follow(
+    base_url: str, api_key: str, job_id: str, stopping: Callable[[], bool], poll_s: float = 1.0
+) -> dict[str, Any] | None:
+    """Print a line per change of the job until it ends (return it) or until `stopping()` (return None)."""
     last = ""
-    while True:
+    while not stopping():
         job: dict[str, Any] = httpx.get(
             f"{base_url}/jobs/{job_id}", headers={"Authorization": f"Bearer {api_key}"}, timeout=30
         ).json()
@@ -64,6 +67,7 @@ def follow(base_url: str, api_key: str, job_id: str, poll_s: float = 1.0) -> dic
         if job["status"] in TERMINAL:
             return job
         time.sleep(poll_s)
+    return None
 
 
 def describe(job: dict[str, Any]) -> str:

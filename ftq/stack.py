@@ -82,7 +82,7 @@ class Stack:
         self.env = env
 
     def start(self) -> None:
-        """Start every child in its own process group."""
+        """Start every child in its own process group (those started are stopped by `stop` if one fails)."""
         for command in self.commands:
             self.processes.append(subprocess.Popen(command, env=self.env, start_new_session=True))
 

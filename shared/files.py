@@ -2,7 +2,6 @@
 
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -71,8 +70,8 @@ def count_rows(path: Path, fmt: str) -> int | None:
                 raise _invalid(f"not a readable UTF-8 CSV file: {exc}") from exc
     with path.open("rb") as handle:
         head = handle.read(4)
-        handle.seek(-4, io.SEEK_END)
-        if head != b"PAR1" or handle.read(4) != b"PAR1":
+        handle.seek(max(path.stat().st_size - 4, 0))
+        if head != b"PAR1" or handle.read(4) != b"PAR1" or path.stat().st_size < 12:
             raise _invalid("not a Parquet file (no PAR1 magic at both ends)")
     return None
 
@@ -155,5 +154,8 @@ def check_dataset_file(*, session: Session, ref: str) -> None:
 
 
 def uploaded_file_path(*, session: Session, file_id: str) -> Path:
-    """Where an uploaded file's bytes are."""
-    return Path(get_file(session=session, file_id=file_id).path)
+    """Where an uploaded file's bytes are (a deleted file fails the job on `dataset.id`)."""
+    record = session.get(UploadedFile, file_id)
+    if record is None:
+        raise InvalidInput(f"uploaded file {file_id} no longer exists", code="dataset_not_found", param="dataset.id")
+    return Path(record.path)

@@ -7,7 +7,7 @@ releases its key after `ABANDONED`.
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import delete
@@ -35,12 +35,16 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def _stale(record: IdempotencyKey) -> bool:
-    age = utcnow() - record.created_at.replace(tzinfo=utcnow().tzinfo)
+    created = record.created_at
+    created = created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)  # SQLite: naive UTC
+    age = utcnow() - created
     return age > KEEP or (record.job_id is None and age > ABANDONED)
 
 
 def reserve_key(*, session: Session, owner_id: str, key: str, fingerprint: str) -> str | None:
-    """Reserve `key` for a new request (committed at once), or return the job id an earlier request created.
+    """Reserve `key` for a new request, or return the job id an earlier request created.
+
+    Unlike other operations here it commits: a reservation must be visible to concurrent requests at once.
 
     Raises 422 when the key was used for another body, 409 while its first request is in flight.
     """
@@ -83,3 +87,9 @@ def complete_key(*, session: Session, owner_id: str, key: str, job_id: str) -> N
 def release_key(*, session: Session, owner_id: str, key: str) -> None:
     """Free a reserved key whose request failed before creating a job, so a retry can use it."""
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.owner_id == owner_id, IdempotencyKey.key == key))
+
+
+def purge_expired_keys(*, session: Session) -> int:
+    """Delete keys older than `KEEP`; returns how many."""
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - KEEP))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -189,20 +189,34 @@ def finish_cancel(*, session: Session, job_id: str, attempt: int) -> bool:
 
 
 def cancel_job(*, session: Session, job: Job) -> Job:
-    """Cancel a job: a queued one at once, a running one at its next step (`cancelling`)."""
-    if job.status.is_terminal:
-        raise InvalidTransition(f"job is already {job.status.value}", param="job_id")
-    if job.status is JobStatus.cancelling:
+    """Cancel a job: one not yet running at once, a running one at its next step (`cancelling`).
+
+    The change is conditional on the status read, so a job that ends meanwhile is not overwritten (409).
+    """
+    seen = job.status
+    if seen.is_terminal:
+        raise InvalidTransition(f"job is already {seen.value}", param="job_id")
+    if seen is JobStatus.cancelling:
         return job
-    job.cancel_requested_at = utcnow()
-    if job.status is JobStatus.running:
-        job.status = JobStatus.cancelling
-        _set_status(session, job.id, JobStatus.cancelling, "cancel requested; stopping at the next step")
+    now = utcnow()
+    if seen is JobStatus.running:
+        values: dict[str, Any] = {"status": JobStatus.cancelling, "cancel_requested_at": now}
     else:
-        job.status = JobStatus.cancelled
-        job.finished_at = utcnow()
-        _set_status(session, job.id, JobStatus.cancelled, "cancelled before it started")
-    session.flush()
+        values = {"status": JobStatus.cancelled, "cancel_requested_at": now, "finished_at": now}
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == seen)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition("the job changed status while it was being cancelled; read it again", param="job_id")
+    new = values["status"]
+    message = (
+        "cancel requested; stopping at the next step" if new is JobStatus.cancelling else "cancelled before it started"
+    )
+    _set_status(session, job.id, new, message)
+    session.refresh(job)
     return job
 
 
@@ -225,21 +239,23 @@ def is_cancelling(*, session: Session, job_id: str, attempt: int) -> bool:
 
 
 def _is_live_attempt(session: Session, job_id: str, attempt: int) -> bool:
-    row = session.execute(select(Job.attempt, Job.status).where(Job.id == job_id)).one_or_none()
-    return row is not None and row.attempt == attempt and row.status in LIVE
+    # An update, not a read: it locks the row until commit (PostgreSQL) and moves heartbeat_at, so a reconciler
+    # that saw the old heartbeat cannot take the job back between this check and the write that follows.
+    return _fenced_update(session, job_id, attempt, LIVE, heartbeat_at=utcnow())
 
 
-def record_metrics(*, session: Session, job_id: str, attempt: int, step: int, metrics: dict[str, float]) -> bool:
+def record_metrics(*, session: Session, job_id: str, attempt: int, step: int, metrics: dict[str, float | None]) -> bool:
     """Append a `progress` event with the metrics logged at a step."""
     if not _is_live_attempt(session, job_id, attempt):
         return False
-    summary = f"step {step}: loss {metrics['loss']:.4f}" if "loss" in metrics else f"step {step}"
+    loss = metrics.get("loss")
+    summary = f"step {step}: loss {loss:.4f}" if loss is not None else f"step {step}: loss is not finite"
     add_event(session=session, job_id=job_id, type=EventType.progress, message=summary, data={"step": step, **metrics})
     return True
 
 
 def record_checkpoint(
-    *, session: Session, job_id: str, attempt: int, step: int, path: str, metrics: dict[str, float]
+    *, session: Session, job_id: str, attempt: int, step: int, path: str, metrics: dict[str, float | None]
 ) -> Checkpoint | None:
     """Record a checkpoint that is complete on disk, with a `checkpoint` event."""
     if not _is_live_attempt(session, job_id, attempt):
@@ -271,6 +287,7 @@ def requeue_job(*, session: Session, job_id: str, attempt: int, reason: str) -> 
     values = {"status": JobStatus.queued, "worker": None}
     if not _fenced_update(session, job_id, attempt, RUNNING, **values):
         return False
+    _set_status(session, job_id, JobStatus.queued, f"queued again after attempt {attempt} was lost")
     add_event(
         session=session,
         job_id=job_id,
@@ -309,8 +326,10 @@ def queue_positions(*, session: Session) -> dict[str, int]:
     return {job_id: place for place, job_id in enumerate(ids, start=1)}
 
 
-def record_hub_commit(*, session: Session, job_id: str, step: int | None, url: str) -> None:
+def record_hub_commit(*, session: Session, job_id: str, attempt: int, step: int | None, url: str) -> bool:
     """Keep a landed Hub commit on its checkpoint (step None: the final adapter) with a `hub` event."""
+    if not _is_live_attempt(session, job_id, attempt):
+        return False
     if step is not None:
         session.execute(
             update(Checkpoint)
@@ -326,10 +345,13 @@ def record_hub_commit(*, session: Session, job_id: str, step: int | None, url: s
         message=f"pushed {what} to the Hub: {url}",
         data={"step": step, "commit_url": url},
     )
+    return True
 
 
-def record_hub_failure(*, session: Session, job_id: str, step: int | None, message: str) -> None:
+def record_hub_failure(*, session: Session, job_id: str, attempt: int, step: int | None, message: str) -> bool:
     """Record a Hub push that failed (the checkpoint stays on disk)."""
+    if not _is_live_attempt(session, job_id, attempt):
+        return False
     what = f"checkpoint at step {step}" if step is not None else "final adapter"
     add_event(
         session=session,
@@ -339,6 +361,7 @@ def record_hub_failure(*, session: Session, job_id: str, step: int | None, messa
         message=f"push of {what} to the Hub failed: {message}",
         data={"step": step},
     )
+    return True
 
 
 def heartbeat(*, session: Session, job_id: str, attempt: int) -> bool:
@@ -427,3 +450,11 @@ def mark_dispatched(*, session: Session, job_ids: list[str]) -> None:
             .values(dispatched_at=utcnow())
             .execution_options(synchronize_session=False)
         )
+
+
+def get_checkpoint(*, session: Session, job_id: str, step: int) -> Checkpoint:
+    """A job's checkpoint at `step`, or 404."""
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step))
+    if checkpoint is None:
+        raise JobNotFound(f"job {job_id} has no checkpoint at step {step}", param="step")
+    return checkpoint

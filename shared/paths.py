@@ -43,9 +43,24 @@ def check_local_dataset(ref: str, roots: list[Path]) -> Path:
     return path
 
 
+def refuse_hub_id_shadowed_by_path(ref: str, param: str) -> None:
+    """A Hub id that also names a path relative to the process's directory would be read from disk by
+    `from_pretrained`/`load_dataset`, outside the allowed roots: refuse it."""
+    if os.path.exists(ref):
+        raise InvalidInput(
+            f"{ref!r} names a local path; write it as an absolute path under an allowed root",
+            code="path_not_allowed",
+            param=param,
+        )
+
+
 def check_local_refs(spec: JobSpec, roots: list[Path]) -> None:
     """Check every local path of a spec without reading the files."""
     if is_local_path(spec.base_model):
         check_local_model(spec.base_model, roots)
+    else:
+        refuse_hub_id_shadowed_by_path(spec.base_model, "base_model")
     if is_local_path(spec.dataset.id):
         check_local_dataset(spec.dataset.id, roots)
+    elif not spec.dataset.id.startswith("file-"):
+        refuse_hub_id_shadowed_by_path(spec.dataset.id, "dataset.id")

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from shared.db import session_scope
+from shared.idempotency import purge_expired_keys
 from shared.jobs import count_queued, mark_dispatched, oldest_queued, reclaim_expired, stale_validations
 from shared.queue import enqueue_job, enqueue_validation, queue_length
 from shared.settings import get_settings
@@ -34,6 +35,7 @@ def reconcile_once() -> Pass:
     done = Pass()
     with session_scope() as session:
         done.requeued = reclaim_expired(session=session, ttl_s=settings.lease_ttl_s, max_attempts=settings.max_attempts)
+        purge_expired_keys(session=session)
         session.commit()
         done.revalidated = stale_validations(session=session, older_than_s=settings.redispatch_after_s)
         mark_dispatched(session=session, job_ids=done.revalidated)
@@ -41,6 +43,9 @@ def reconcile_once() -> Pass:
     for job_id in done.revalidated:
         log.warning("job %s still validating; validation message sent again", job_id)
         enqueue_validation(job_id)
+    for job_id in done.requeued:
+        log.warning("job %s lost its worker; queued again to resume", job_id)
+        enqueue_job(job_id)
     with session_scope() as session:
         missing = count_queued(session=session) - queue_length(settings.queue_name)
         done.bells = oldest_queued(session=session, limit=missing) if missing > 0 else []

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,8 +27,6 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(15.0, gt=0, validation_alias="FTQ_RECONCILE_INTERVAL")
     redispatch_after_s: float = Field(300.0, gt=0, validation_alias="FTQ_REDISPATCH_AFTER")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
-    hf_token: SecretStr | None = Field(None, validation_alias="HF_TOKEN")
-    wandb_api_key: SecretStr | None = Field(None, validation_alias="WANDB_API_KEY")
 
     @property
     def data_path(self) -> Path:

@@ -143,7 +143,8 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if not line:
-                out.append((current["id"], current["event"], json.loads(current["data"] or "null")))
+                if current["id"] or current["data"]:  # a keep-alive comment is not an event
+                    out.append((current["id"], current["event"], json.loads(current["data"] or "null")))
                 current = {"id": "", "event": "message", "data": ""}
             elif not line.startswith(":"):
                 field, _, value = line.partition(": ")

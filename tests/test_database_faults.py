@@ -1,6 +1,7 @@
 """The API while its PostgreSQL server is down: 503 (not 500), and it recovers by itself once the server is back."""
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from api.main import create_app
 from shared.auth import create_api_key
 from shared.db import session_scope
 from shared.migrate import upgrade_database
-from tests.conftest import clear_caches
+from tests.conftest import REDIS_URL, clear_caches
 from tests.throwaway_postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.postgres
@@ -30,9 +31,19 @@ def own_postgres() -> Iterator[ThrowawayPostgres]:
 
 
 def test_api_answers_503_while_postgres_is_down_and_recovers(
-    own_postgres: ThrowawayPostgres, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]
+    own_postgres: ThrowawayPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    local_root: Path,
+    spec: dict[str, Any],
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", own_postgres.url)
+    for name, value in {
+        "DATABASE_URL": own_postgres.url,
+        "FTQ_DATA_DIR": str(tmp_path),
+        "BROKER_URL": REDIS_URL,
+        "FTQ_LOCAL_ROOTS": str(local_root),
+    }.items():
+        monkeypatch.setenv(name, value)
     clear_caches()
     upgrade_database(own_postgres.url)
     with session_scope() as session:

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from shared.db import session_scope
 from shared.errors import FtqError, JobFailure
 from shared.files import is_file_id, uploaded_file_path
-from shared.paths import check_local_dataset
+from shared.paths import check_local_dataset, refuse_hub_id_shadowed_by_path
 from shared.spec import DatasetSpec, is_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -43,6 +43,8 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
         if is_file_id(spec.id):
             with session_scope() as session:
                 path = uploaded_file_path(session=session, file_id=spec.id)
+            if not path.exists():
+                raise JobFailure(f"uploaded file {spec.id} is gone", code="dataset_not_found", param="dataset.id")
             rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         elif is_local_path(spec.id):
             path = check_local_dataset(spec.id, roots)
@@ -51,6 +53,7 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
             else:
                 rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         else:
+            refuse_hub_id_shadowed_by_path(spec.id, "dataset.id")
             rows = load_dataset(spec.id, split=spec.split)
     except FtqError:
         raise

@@ -1,6 +1,7 @@
 """Trainer callbacks that report to the job: progress (at most once per interval), logged metrics as events,
 complete checkpoints, and a stop at the next step once the job is cancelled or taken from this attempt."""
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ class Reporter(Protocol):
 
     def progress(self, progress: dict[str, Any]) -> bool: ...
 
-    def metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def metrics(self, step: int, metrics: dict[str, float | None]) -> None: ...
 
     def log(self, message: str, data: dict[str, Any]) -> None: ...
 
@@ -29,7 +30,7 @@ class Reporter(Protocol):
 
     def hub_failed(self, step: int | None, message: str) -> None: ...
 
-    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None: ...
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float | None]) -> None: ...
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ProgressCallback(TrainerCallback):
         self.tokens = tokens
         self.interval_s = interval_s
         self.progress: dict[str, Any] = {"step": 0, "trained_tokens": 0}
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, float | None] = {}
         self.stopped = False
         self._started = 0.0
         self._start_step = 0
@@ -71,9 +72,10 @@ class ProgressCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Keep the latest metrics and publish them as a `progress` event."""
-        found = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_KEYS}
+        # NaN or inf (a diverging run) is stored as null: JSON has no such numbers.
+        found = {k: float(v) if math.isfinite(v) else None for k, v in (logs or {}).items() if k in METRIC_KEYS}
         if "loss" not in found:
-            return
+            return  # not a training log (e.g. the end-of-training summary)
         self.metrics = found
         self.progress.update(loss=found["loss"], learning_rate=found.get("learning_rate"))
         self.reporter.metrics(state.global_step, {**found, "epoch": float(state.epoch or 0.0)})

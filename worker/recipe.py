@@ -15,7 +15,7 @@ from transformers import (
 from trl import SFTConfig
 
 from shared.errors import JobFailure
-from shared.paths import check_local_model
+from shared.paths import check_local_model, refuse_hub_id_shadowed_by_path
 from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_local_path
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -81,13 +81,20 @@ def build_sft_config(
         include_num_input_tokens_seen="no",  # CompletionTokenTrainer counts completion tokens there instead
         report_to=report_to,
         disable_tqdm=True,
-        save_total_limit=10,
+        # No save_total_limit: every checkpoint the API lists must stay downloadable (an adapter is small).
     )
+
+
+def _model_source(ref: str, roots: list[Path]) -> str:
+    if is_local_path(ref):
+        return str(check_local_model(ref, roots))
+    refuse_hub_id_shadowed_by_path(ref, "base_model")
+    return ref
 
 
 def load_tokenizer(ref: str, roots: list[Path]) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, padding on the right with EOS as the pad token (as in the course)."""
-    source = str(check_local_model(ref, roots)) if is_local_path(ref) else ref
+    source = _model_source(ref, roots)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -105,7 +112,7 @@ def load_tokenizer(ref: str, roots: list[Path]) -> PreTrainedTokenizerBase:
 def load_quantized_model(spec: JobSpec, roots: list[Path], device: str) -> PreTrainedModel:
     """The base model, loaded through `from_pretrained` with its Linear layers in 4-bit."""
     ref = spec.base_model
-    source = str(check_local_model(ref, roots)) if is_local_path(ref) else ref
+    source = _model_source(ref, roots)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,

@@ -6,11 +6,14 @@ A fresh process per job frees all GPU memory when it exits and keeps torch out o
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from shared.db import session_scope
-from shared.errors import FtqError, JobFailure
 from shared.jobs import (
     fail_job,
     finish_cancel,
@@ -27,86 +30,73 @@ from shared.jobs import (
 )
 from shared.settings import get_settings
 from shared.spec import JobSpec
+from worker.errors import classify
+from worker.exit_codes import EXIT_TEMPFAIL
 
 log = logging.getLogger("ftq.runner")
+T = TypeVar("T")
+
+
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+
+
+def write(operation: Callable[..., T], **kwargs: Any) -> T:
+    """Run one job operation in its own short transaction, retrying while the database is unreachable."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            with session_scope() as session:
+                result = operation(session=session, **kwargs)
+                session.commit()
+                return result
+        except OperationalError:
+            if delay is None:
+                raise
+            log.warning("database unavailable for %s; retrying in %.1fs", operation.__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class JobReporter:
-    """Writes stats and progress to the job row in short transactions, fenced by the attempt."""
+    """Writes what an attempt learns to the job, each write fenced by the attempt and retried through blips."""
 
     def __init__(self, job_id: str, attempt: int) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
+        self.fence = {"job_id": job_id, "attempt": attempt}
 
     def stats(self, stats: Any) -> bool:
         """Store the dataset statistics."""
-        with session_scope() as session:
-            ok = record_stats(session=session, job_id=self.job_id, attempt=self.attempt, stats=stats.as_dict())
-            session.commit()
-        return ok
+        return write(record_stats, **self.fence, stats=stats.as_dict())
 
     def progress(self, progress: dict[str, Any]) -> bool:
-        """Store the latest progress; False when training must stop."""
-        with session_scope() as session:
-            ok = record_progress(session=session, job_id=self.job_id, attempt=self.attempt, progress=progress)
-            session.commit()
-        return ok
+        """Store the latest progress; False when training must stop. An outage does not stop training."""
+        try:
+            return write(record_progress, **self.fence, progress=progress)
+        except OperationalError:
+            log.exception("progress not recorded; training goes on (the lease decides who owns the job)")
+            return True
 
-    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+    def metrics(self, step: int, metrics: dict[str, float | None]) -> None:
         """Append the logged metrics as a `progress` event."""
-        with session_scope() as session:
-            record_metrics(session=session, job_id=self.job_id, attempt=self.attempt, step=step, metrics=metrics)
-            session.commit()
+        write(record_metrics, **self.fence, step=step, metrics=metrics)
 
     def log(self, message: str, data: dict[str, Any]) -> None:
         """Append a `log` event."""
-        with session_scope() as session:
-            record_log(session=session, job_id=self.job_id, attempt=self.attempt, message=message, data=data)
-            session.commit()
+        write(record_log, **self.fence, message=message, data=data)
 
     def wandb(self, run_id: str, url: str | None, directory: str, mode: str) -> None:
         """Record where the W&B run lives."""
-        with session_scope() as session:
-            record_wandb(
-                session=session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                run_id=run_id,
-                url=url,
-                directory=directory,
-                mode=mode,
-            )
-            session.commit()
+        write(record_wandb, **self.fence, run_id=run_id, url=url, directory=directory, mode=mode)
 
     def hub_commit(self, step: int | None, url: str) -> None:
         """Record a landed Hub commit (on its checkpoint, or the final one) with a `hub` event."""
-        with session_scope() as session:
-            record_hub_commit(session=session, job_id=self.job_id, step=step, url=url)
-            session.commit()
+        write(record_hub_commit, **self.fence, step=step, url=url)
 
     def hub_failed(self, step: int | None, message: str) -> None:
         """Record a failed Hub push as a warning."""
-        with session_scope() as session:
-            record_hub_failure(session=session, job_id=self.job_id, step=step, message=message)
-            session.commit()
+        write(record_hub_failure, **self.fence, step=step, message=message)
 
-    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float | None]) -> None:
         """Record a complete checkpoint."""
-        with session_scope() as session:
-            record_checkpoint(
-                session=session, job_id=self.job_id, attempt=self.attempt, step=step, path=str(path), metrics=metrics
-            )
-            session.commit()
-
-
-def classify(exc: BaseException) -> FtqError:
-    """Turn an unexpected exception into the job's error."""
-    if isinstance(exc, FtqError):
-        return exc
-    name = type(exc).__name__
-    if "OutOfMemoryError" in name:
-        return JobFailure(f"out of memory: {exc}", code="out_of_memory", param="hyperparameters.batch_size")
-    return JobFailure(f"{name}: {exc}", code="training_error")
+        write(record_checkpoint, **self.fence, step=step, path=str(path), metrics=metrics)
 
 
 def run(job_id: str, attempt: int) -> int:
@@ -127,6 +117,9 @@ def run(job_id: str, attempt: int) -> int:
             job_id=job_id,
             interval_s=settings.progress_interval_s,
         )
+    except OperationalError:
+        log.exception("job %s attempt %s lost its database; exiting to be queued again", job_id, attempt)
+        return EXIT_TEMPFAIL
     except Exception as exc:
         error = classify(exc)
         log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
@@ -140,7 +133,7 @@ def run(job_id: str, attempt: int) -> int:
         else:
             stored = succeed_job(
                 session=session, job_id=job_id, attempt=attempt, result=outcome.result, progress=outcome.progress
-            )
+            ) or finish_cancel(session=session, job_id=job_id, attempt=attempt)  # a cancel after the last step
         session.commit()
     ending = "stopped" if outcome.stopped else "finished"
     log.info("job %s attempt %s %s (%s)", job_id, attempt, ending, "recorded" if stored else "fenced off")

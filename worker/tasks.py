@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from shared.db import session_scope
-from shared.errors import FtqError, JobFailure
+from shared.errors import JobFailure
 from shared.jobs import (
     claim_next_job,
     fail_job,
@@ -29,6 +29,8 @@ from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from worker.celery_app import app
+from worker.errors import classify
+from worker.exit_codes import EXIT_TEMPFAIL
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -94,7 +96,9 @@ def run_training_process(job_id: str, attempt: int) -> int:
 
 def _killed(code: int) -> bool:
     # Killed by a signal (OOM killer, kill -9, a lost machine): not the job's fault, so worth another attempt.
-    return code < 0 or code >= 128
+    # Popen reports a signal as a negative code; 128+N is how a shell wrapper would report it; the runner
+    # exits EX_TEMPFAIL (75) when the database stayed away.
+    return code < 0 or code >= 128 or code == EXIT_TEMPFAIL
 
 
 def _record_exit(job_id: str, attempt: int, code: int) -> bool:
@@ -152,9 +156,10 @@ def validate_job(job_id: str) -> None:
         spec = JobSpec.model_validate(job.spec)
     try:
         result = _validate(spec)
-    except FtqError as error:
+    except Exception as exc:  # anything unexpected must end the job too, not leave it validating
+        log.exception("validation of job %s failed", job_id)
         with session_scope() as session:
-            fail_validation(session=session, job_id=job_id, error=error)
+            fail_validation(session=session, job_id=job_id, error=classify(exc))
             session.commit()
         return
     with session_scope() as session:
@@ -175,6 +180,6 @@ def dry_run(spec_json: dict[str, Any]) -> dict[str, Any]:
     """Validate a spec without storing anything; answer its stats and planned steps, or its error."""
     try:
         result = _validate(JobSpec.model_validate(spec_json))
-    except FtqError as error:
-        return {"error": error.as_dict()}
+    except Exception as exc:
+        return {"error": classify(exc).as_dict()}
     return {"stats": result.stats, "planned_steps": result.planned_steps, "warnings": result.warnings}

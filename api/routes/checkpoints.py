@@ -11,7 +11,7 @@ from api.deps import CurrentKey, SessionDep
 from api.schemas import CheckpointList, CheckpointRead
 from shared.artifacts import ADAPTER_FILE_PATTERNS
 from shared.errors import JobNotFound
-from shared.jobs import get_job, list_checkpoints
+from shared.jobs import get_checkpoint, get_job, list_checkpoints
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"])
 
@@ -40,10 +40,12 @@ class _Chunks:
         self.parts: list[bytes] = []
 
     def write(self, data: bytes) -> int:
+        """Keep a chunk of the archive."""
         self.parts.append(bytes(data))
         return len(data)
 
     def drain(self) -> bytes:
+        """Hand over what was written since the last drain."""
         data, self.parts = b"".join(self.parts), []
         return data
 
@@ -73,10 +75,9 @@ def _archive_response(directory: Path, name: str) -> StreamingResponse:
 def download_checkpoint(job_id: str, step: int, session: SessionDep, _key: CurrentKey) -> StreamingResponse:
     """Download the adapter of one checkpoint as a .tar.gz archive."""
     get_job(session=session, job_id=job_id)
-    found = [c for c in list_checkpoints(session=session, job_id=job_id) if c.step == step]
-    if not found:
-        raise JobNotFound(f"job {job_id} has no checkpoint at step {step}", param="step")
-    return _archive_response(Path(found[0].path), f"{job_id}-step-{step}")
+    checkpoint = get_checkpoint(session=session, job_id=job_id, step=step)
+    session.close()  # the download may be long: give the connection back first
+    return _archive_response(Path(checkpoint.path), f"{job_id}-step-{step}")
 
 
 @router.get("/{job_id}/adapter/download", response_class=StreamingResponse)
@@ -86,4 +87,5 @@ def download_adapter(job_id: str, session: SessionDep, _key: CurrentKey) -> Stre
     adapter = (job.result or {}).get("adapter_path")
     if not adapter:
         raise JobNotFound(f"job {job_id} has no final adapter (status {job.status.value})", param="job_id")
+    session.close()  # the download may be long: give the connection back first
     return _archive_response(Path(adapter), f"{job_id}-adapter")

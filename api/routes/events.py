@@ -60,8 +60,10 @@ def stream_job_events(
 ) -> StreamingResponse:
     """Stream a job's events as they happen; the stream ends after the job's last event."""
     get_job(session=session, job_id=job_id)
+    session.close()  # the stream may last hours: give the connection back; each poll opens its own session
 
     async def events() -> AsyncIterator[str]:
+        """Poll the event log and send what is new, with a keep-alive comment when idle."""
         cursor = last_event_id if last_event_id is not None else after
         idle = 0.0
         while not await request.is_disconnected():

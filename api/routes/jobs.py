@@ -77,6 +77,8 @@ def create_fine_tune_job(
     except Exception as exc:
         log.exception("enqueue of %s failed", job.id)
         fail_job_unqueued(session=session, job_id=job.id, message=f"could not reach the queue: {type(exc).__name__}")
+        if idempotency_key is not None:  # a retry after this 503 must create a job, not replay the failed one
+            release_key(session=session, owner_id=key.id, key=idempotency_key)
         session.commit()
         raise QueueUnavailable("the job queue is unavailable; the job was not started", param=None) from exc
     return JobRead.from_job(job)
