@@ -80,6 +80,7 @@ class JobRead(BaseModel):
     result: Result
     error: ErrorInfo | None
     attempt: int
+    preemptions: int = Field(0, description="Times a shutting-down worker handed the job back (not failures).")
     metadata: dict[str, str]
     queue_position: int | None = Field(None, description="Place in line (1 = next to start) while queued.")
     wandb_url: str | None = Field(None, description="The W&B run page, once the run has started online.")
@@ -103,6 +104,7 @@ class JobRead(BaseModel):
             result=Result.model_validate(job.result or {}),
             error=error,
             attempt=job.attempt,
+            preemptions=job.preemptions,
             metadata=job.metadata_ or {},
             queue_position=queue_position,
             wandb_url=job.wandb_url,

@@ -11,7 +11,8 @@ from shared.db import session_scope
 from shared.migrate import upgrade_database
 from shared.settings import Settings
 
-STOP_GRACE_S = 10.0
+# A worker drains on SIGTERM: its trainer saves a checkpoint at the next step and the job goes back to the queue.
+STOP_GRACE_S = 60.0
 
 
 def prepare_data_dir(settings: Settings) -> str | None:
@@ -91,9 +92,11 @@ class Stack:
         return next((p for p in self.processes if p.poll() is not None), None)
 
     def stop(self) -> None:
-        """SIGTERM each child's group, then SIGKILL what is still there after the grace period."""
+        """SIGTERM each child (only the main process: a worker then drains its job), then SIGKILL each child's
+        whole group if it is still there after the grace period."""
         for process in self.processes:
-            _signal_group(process, signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for process in self.processes:
             try:

@@ -139,9 +139,57 @@ RUNNING = (JobStatus.running,)
 LIVE = (JobStatus.running, JobStatus.cancelling)
 
 
-def record_progress(*, session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
-    """Store the latest progress; False once the attempt should stop (cancelled, or no longer current)."""
-    return _fenced_update(session, job_id, attempt, RUNNING, progress=progress, heartbeat_at=utcnow())
+CONTINUE, DRAIN, STOP = "continue", "drain", "stop"
+
+
+def record_progress(*, session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> str:
+    """Store the latest progress and tell the trainer what to do next: CONTINUE; DRAIN (save a checkpoint and
+    stop, the job goes back to the queue); or STOP (cancelled, or no longer this attempt's: save nothing)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
+        .where(Job.drain_requested_at.is_(None))
+        .values(progress=progress, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return CONTINUE
+    row = session.execute(select(Job.attempt, Job.status).where(Job.id == job_id)).one_or_none()
+    ours = row is not None and row.attempt == attempt and row.status is JobStatus.running
+    return DRAIN if ours else STOP
+
+
+def request_drain(*, session: Session, worker: str) -> list[str]:
+    """Ask the jobs a worker is running to checkpoint and go back to the queue (a deploy or a shutdown)."""
+    ids = list(session.scalars(select(Job.id).where(Job.worker == worker, Job.status == JobStatus.running)))
+    if ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == JobStatus.running)
+            .values(drain_requested_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return ids
+
+
+def requeue_drained(*, session: Session, job_id: str, attempt: int) -> bool:
+    """Queue a drained job again; a drain is not a failure, so it spends no attempt."""
+    values = {
+        "status": JobStatus.queued,
+        "worker": None,
+        "drain_requested_at": None,
+        "preemptions": Job.preemptions + 1,
+    }
+    if not _fenced_update(session, job_id, attempt, RUNNING, **values):
+        return False
+    _set_status(session, job_id, JobStatus.queued, f"queued again: its worker is shutting down (attempt {attempt})")
+    return True
+
+
+def attempts_spent(*, session: Session, job_id: str) -> int:
+    """Attempts that count against `max_attempts`: drained attempts do not."""
+    row = session.execute(select(Job.attempt, Job.preemptions).where(Job.id == job_id)).one()
+    return int(row.attempt - row.preemptions)
 
 
 def record_stats(*, session: Session, job_id: str, attempt: int, stats: dict[str, Any]) -> bool:
@@ -377,14 +425,16 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
     """
     cutoff = utcnow() - timedelta(seconds=ttl_s)
     expired = session.execute(
-        select(Job.id, Job.attempt, Job.status, Job.heartbeat_at).where(Job.status.in_(LIVE), Job.heartbeat_at < cutoff)
+        select(Job.id, Job.attempt, Job.preemptions, Job.status, Job.heartbeat_at).where(
+            Job.status.in_(LIVE), Job.heartbeat_at < cutoff
+        )
     ).all()
     requeued = []
-    for job_id, attempt, status, seen in expired:
+    for job_id, attempt, preemptions, status, seen in expired:
         fence = (Job.id == job_id, Job.attempt == attempt, Job.heartbeat_at == seen, Job.status == status)
         if status is JobStatus.cancelling:
             values: dict[str, Any] = {"status": JobStatus.cancelled, "finished_at": utcnow()}
-        elif attempt < max_attempts:
+        elif attempt - preemptions < max_attempts:
             values = {"status": JobStatus.queued, "worker": None}
         else:
             values = {

@@ -91,6 +91,11 @@ class RunningStack:
         os.killpg(self.processes["worker"].pid, signal.SIGKILL)
         self.processes["worker"].wait()
 
+    def terminate_worker(self, timeout_s: float = 90) -> int:
+        """SIGTERM the GPU worker's main process, as a deploy would, and wait for it to exit."""
+        self.processes["worker"].send_signal(signal.SIGTERM)
+        return self.processes["worker"].wait(timeout=timeout_s)
+
     def restart_worker(self) -> None:
         """Start a fresh GPU worker."""
         _api, worker, _validator = stack_commands(self.settings, "127.0.0.1", self.port)

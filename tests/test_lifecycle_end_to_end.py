@@ -129,3 +129,25 @@ def test_a_job_whose_whole_worker_died_resumes_on_a_new_worker_in_the_same_wandb
     assert any(e["type"] == "log" and e["message"].startswith("resuming from checkpoint-") for e in events)
     runs = [e["data"]["run_id"] for e in events if e["type"] == "wandb"]
     assert runs == [job_id, job_id], "both attempts log to the one W&B run"
+
+
+def test_sigterm_drains_the_worker_the_job_resumes_elsewhere_without_spending_an_attempt(
+    api: StackClient, tiny_model: Path, train_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = submit(api, long_spec(tiny_model, train_file, max_steps=20, save_steps=1000))
+    wait_until(lambda: step_of(api, job_id) >= 2, what="training to start")
+
+    exit_code = api.stack.terminate_worker()
+    drained = api.get(f"/jobs/{job_id}").json()
+    checkpoints = api.get(f"/jobs/{job_id}/checkpoints").json()["data"]
+    api.stack.restart_worker()
+    job = wait_for_end(api, job_id)
+
+    assert exit_code == 0
+    assert (drained["status"], drained["attempt"]) == ("queued", 1)
+    assert len(checkpoints) == 1 and 2 <= checkpoints[0]["step"] < 20, "the drain saved where it stopped"
+    assert job["status"] == "succeeded" and job["progress"]["step"] == 20
+    assert (job["attempt"], job["preemptions"]) == (2, 1), "the drained attempt is not counted as a failure"
+    events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    assert any(e["message"] == f"resuming from checkpoint-{checkpoints[0]['step']}" for e in events)
+    assert any("worker is shutting down" in e["message"] for e in events if e["type"] == "status")

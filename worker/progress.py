@@ -14,11 +14,11 @@ METRIC_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "ent
 
 
 class Reporter(Protocol):
-    """Where a training attempt sends what it learns; `progress` returns False once the attempt must stop."""
+    """Where a training attempt sends what it learns; `progress` answers "continue", "drain" or "stop"."""
 
     def stats(self, stats: Any) -> bool: ...
 
-    def progress(self, progress: dict[str, Any]) -> bool: ...
+    def progress(self, progress: dict[str, Any]) -> str: ...
 
     def metrics(self, step: int, metrics: dict[str, float | None]) -> None: ...
 
@@ -50,6 +50,7 @@ class ProgressCallback(TrainerCallback):
         self.progress: dict[str, Any] = {"step": 0, "trained_tokens": 0}
         self.metrics: dict[str, float | None] = {}
         self.stopped = False
+        self.drained = False
         self._started = 0.0
         self._start_step = 0
         self._last_report = 0.0
@@ -100,10 +101,15 @@ class ProgressCallback(TrainerCallback):
         if not force and now - self._last_report < self.interval_s:
             return
         self._last_report = now
-        if not self.reporter.progress(dict(self.progress)):
-            # Cancelled, or the job is no longer this attempt's: stop after this step.
-            self.stopped = True
-            control.should_training_stop = True
+        directive = self.reporter.progress(dict(self.progress))
+        if directive == "continue":
+            return
+        # Drain: save a checkpoint at this step to resume from, then stop. Cancelled or no longer this
+        # attempt's job: stop and write nothing more (another attempt may own the job directory now).
+        self.stopped = True
+        self.drained = directive == "drain"
+        control.should_save = self.drained
+        control.should_training_stop = True
 
 
 class CheckpointCallback(TrainerCallback):

@@ -26,8 +26,10 @@ from shared.jobs import (
     record_progress,
     record_stats,
     record_wandb,
+    requeue_drained,
     succeed_job,
 )
+from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from worker.errors import classify
@@ -66,13 +68,13 @@ class JobReporter:
         """Store the dataset statistics."""
         return write(record_stats, **self.fence, stats=stats.as_dict())
 
-    def progress(self, progress: dict[str, Any]) -> bool:
-        """Store the latest progress; False when training must stop. An outage does not stop training."""
+    def progress(self, progress: dict[str, Any]) -> str:
+        """Store the latest progress; answers "continue", "drain" or "stop". An outage does not stop training."""
         try:
             return write(record_progress, **self.fence, progress=progress)
         except OperationalError:
             log.exception("progress not recorded; training goes on (the lease decides who owns the job)")
-            return True
+            return "continue"
 
     def metrics(self, step: int, metrics: dict[str, float | None]) -> None:
         """Append the logged metrics as a `progress` event."""
@@ -126,6 +128,12 @@ def run(job_id: str, attempt: int) -> int:
         with session_scope() as session:
             fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
             session.commit()
+        return 0
+    if outcome.drained:
+        requeued = write(requeue_drained, job_id=job_id, attempt=attempt)
+        if requeued:
+            enqueue_job(job_id)
+        log.info("job %s attempt %s drained (%s)", job_id, attempt, "queued again" if requeued else "fenced off")
         return 0
     with session_scope() as session:
         if outcome.stopped:

@@ -10,9 +10,12 @@ import sys
 import time
 from typing import Any
 
+from celery.signals import worker_shutting_down
+
 from shared.db import session_scope
 from shared.errors import JobFailure
 from shared.jobs import (
+    attempts_spent,
     claim_next_job,
     fail_job,
     fail_validation,
@@ -21,6 +24,7 @@ from shared.jobs import (
     heartbeat,
     is_cancelling,
     pass_validation,
+    request_drain,
     requeue_job,
 )
 from shared.models import JobStatus
@@ -107,7 +111,7 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
         if finish_cancel(session=session, job_id=job_id, attempt=attempt):
             session.commit()
             return False
-        retry = _killed(code) and attempt < get_settings().max_attempts
+        retry = _killed(code) and attempts_spent(session=session, job_id=job_id) < get_settings().max_attempts
         reason = f"training process exited with code {code}"
         if retry and requeue_job(session=session, job_id=job_id, attempt=attempt, reason=reason):
             session.commit()
@@ -118,10 +122,24 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
         return False
 
 
-@app.task(name=RUN_JOB_TASK)
-def run_job(job_id: str) -> None:
+@worker_shutting_down.connect
+def drain_running_jobs(sender: str, **_kwargs: Any) -> None:
+    """On SIGTERM (a deploy): the jobs of this worker checkpoint and go back to the queue, spending no attempt.
+
+    Runs in the worker's main process; the warm shutdown then waits for the tasks, which end once their
+    trainers have saved and stopped.
+    """
+    with session_scope() as session:
+        drained = request_drain(session=session, worker=sender)
+        session.commit()
+    for job_id in drained:
+        log.warning("worker %s shutting down: job %s will checkpoint and be queued again", sender, job_id)
+
+
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self: Any, job_id: str) -> None:
     """Claim the longest-waiting queued job (the message is a bell) and train it in a supervised child process."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = str(self.request.hostname or socket.gethostname())
     with session_scope() as session:
         claimed = claim_next_job(session=session, worker=worker)
         session.commit()

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What an attempt hands back: stopped early (cancel/fence), or the result to store on the job."""
+    """What an attempt hands back: stopped early (cancel, fence or drain), or the result to store on the job."""
 
     stopped: bool
+    drained: bool = False
     result: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
 
@@ -117,7 +118,7 @@ def train(
     if progress.stopped:
         if publisher is not None:
             publisher.wait()
-        return Outcome(stopped=True, progress=progress.progress)
+        return Outcome(stopped=True, drained=progress.drained, progress=progress.progress)
     adapter_dir = job_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     trainer.processing_class.save_pretrained(str(adapter_dir))
