@@ -99,6 +99,12 @@ def list_jobs(
 
 
 def _set_status(session: Session, job_id: str, status: JobStatus, message: str, **data: Any) -> None:
+    if status is JobStatus.failed and "error" in data:
+        # The error itself, as its own event, before the status change it causes.
+        error = data["error"]
+        add_event(
+            session=session, job_id=job_id, type=EventType.error, level="error", message=error["message"], data=error
+        )
     add_event(
         session=session,
         job_id=job_id,

@@ -131,6 +131,8 @@ def test_rows_without_the_template_fail_the_job_naming_the_rows(
 
     assert job["status"] == "failed"
     assert job["error"]["code"] == "template_missing"
+    events = api.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert [e["data"]["code"] for e in events if e["type"] == "error"] == ["template_missing"]
     assert job["error"]["param"] == "dataset.response_template"
     assert "rows 1 " in job["error"]["message"]
     assert job["result"]["adapter_path"] is None
