@@ -21,6 +21,7 @@ class Unauthorized(FtqError):
 
     status_code = 401
     code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 def get_session() -> Iterator[Session]:

@@ -42,7 +42,8 @@ async def handle_validation_error(_request: Request, exc: RequestValidationError
 
 async def handle_ftq_error(_request: Request, exc: FtqError) -> JSONResponse:
     """Our own errors keep their status, code and param."""
-    return JSONResponse(status_code=exc.status_code, content={"error": exc.as_dict()})
+    headers = getattr(exc, "headers", None)
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.as_dict()}, headers=headers)
 
 
 async def handle_database_error(_request: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import FtqError, JobNotFound
+from shared.errors import FtqError, InvalidInput, JobNotFound
 from shared.events import add_event
 from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
 from shared.spec import JobSpec
@@ -91,7 +91,9 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:
-        cursor = get_job(session=session, job_id=after)
+        cursor = session.get(Job, after)
+        if cursor is None:
+            raise InvalidInput(f"no job {after!r} to page after", code="invalid_cursor", param="after")
         newer = and_(Job.created_at == cursor.created_at, Job.id < cursor.id)
         query = query.where(or_(Job.created_at < cursor.created_at, newer))
     rows = list(session.scalars(query.limit(limit + 1)))

@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from shared.settings import Settings, get_settings
 
@@ -81,12 +82,10 @@ def run_dry_run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     result = get_celery().send_task(DRY_RUN_TASK, args=[spec], queue=get_settings().validate_queue_name)
     try:
         answer: dict[str, Any] = result.get(timeout=timeout_s)
-    except Exception as exc:
+    except CeleryTimeoutError as exc:
+        raise TimeoutError(f"no validation worker answered within {timeout_s:.0f}s") from exc
+    finally:
         result.forget()
-        if type(exc).__name__ == "TimeoutError":
-            raise TimeoutError(f"no validation worker answered within {timeout_s:.0f}s") from exc
-        raise
-    result.forget()
     return answer
 
 

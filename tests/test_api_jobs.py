@@ -61,6 +61,7 @@ def test_requests_without_a_valid_key_are_401(env: dict[str, str], spec: dict[st
         response = anonymous.post("/jobs", json=spec, headers={"Authorization": "Bearer ftq_not-a-key"})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize(
@@ -159,6 +160,13 @@ def test_list_filters_by_status(client: TestClient, spec: dict[str, Any]) -> Non
     assert client.get("/jobs", params={"status": "running"}).json() == {"object": "list", "data": [], "has_more": False}
     assert client.get("/jobs", params={"status": "exploded"}).status_code == 422
     assert client.get("/jobs", params={"limit": 0}).json()["error"]["param"] == "limit"
+
+
+def test_paging_after_an_unknown_job_is_422_naming_after(client: TestClient) -> None:
+    response = client.get("/jobs", params={"after": "ftjob-000000000000000000000000"})
+
+    assert response.status_code == 422
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == ("invalid_cursor", "after")
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:

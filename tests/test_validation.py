@@ -47,6 +47,7 @@ def test_every_row_over_max_length_fails_with_rows_too_long(tiny_model: Path, lo
     prompt = "word " * 40 + "Price is $"
     cut_inside_completion = len(tokenizer(prompt)["input_ids"]) + 1
     data = local_root / "data" / "long-rows.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps({"text": prompt + "123.00"}) + "\n" for _ in range(5)))
 
     with pytest.raises(JobFailure) as failure:
@@ -78,3 +79,14 @@ def test_a_missing_hub_dataset_fails_with_dataset_not_found(tiny_model: Path, lo
         validate(spec, [local_root], sample_rows=10)
 
     assert (failure.value.code, failure.value.param) == ("dataset_not_found", "dataset.id")
+
+
+def test_an_empty_dataset_fails_with_dataset_empty(tiny_model: Path, local_root: Path) -> None:
+    data = local_root / "data" / "empty.csv"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("text,price\n")
+
+    with pytest.raises(JobFailure) as failure:
+        validate(spec_for(tiny_model, data), [local_root], sample_rows=10)
+
+    assert (failure.value.code, failure.value.param) == ("dataset_empty", "dataset.id")

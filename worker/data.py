@@ -58,6 +58,10 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
     except FtqError:
         raise
     except ValueError as exc:
+        if "corresponds to no data" in str(exc):  # how `datasets` reports a split without rows
+            raise JobFailure(
+                f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param="dataset.id"
+            ) from exc
         raise JobFailure(
             f"cannot read split {spec.split!r}: {exc}", code="dataset_invalid", param="dataset.split"
         ) from exc
@@ -72,6 +76,10 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
             f"column {spec.text_field!r} not in dataset (columns: {', '.join(rows.column_names)})",
             code="text_field_missing",
             param="dataset.text_field",
+        )
+    if len(rows) == 0:
+        raise JobFailure(
+            f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param="dataset.id"
         )
     if spec.max_rows is not None and len(rows) > spec.max_rows:
         rows = rows.select(range(spec.max_rows))
