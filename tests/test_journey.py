@@ -75,3 +75,5 @@ def test_a_job_goes_through_every_state_and_the_stream_tells_it_all(
     assert {"progress", "checkpoint", "wandb", "log", "end"} <= kinds
     logged = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     assert [int(i) for i, _kind, _data in received[:-1]] == [e["id"] for e in logged]
+    assert [e["data"]["run_id"] for e in logged if e["type"] == "wandb"] == [job_id, job_id], "one W&B run"
+    assert any(e["type"] == "log" and e["message"].startswith("resuming from checkpoint-") for e in logged)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import set_seed
 from trl import SFTTrainer
 
 from shared.spec import JobSpec
@@ -74,6 +75,8 @@ def build_trainer(
     pairs = split_at_template(load_rows(spec.dataset, roots), spec.dataset)
     train_set, stats = tokenize_pairs(pairs, tokenizer, spec.hyperparameters.max_length)
     reporter.stats(stats)
+    # Seed before the LoRA layers are created: their random init is part of what `seed` makes reproducible.
+    set_seed(spec.hyperparameters.seed)
     device = pick_device()
     model = load_quantized_model(spec, roots, device)
     run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
