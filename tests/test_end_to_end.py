@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import read_sse, wait_for_end
+from tests.services import StackClient, read_sse, wait_for_end, wait_until
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 BATCH = 8
@@ -27,7 +27,7 @@ def submit(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_job_trains_a_4bit_lora_adapter_to_success(
-    api: httpx.Client, tiny_model: Path, train_file: Path, local_root: Path, pricer_rows: list[Any]
+    api: StackClient, tiny_model: Path, train_file: Path, local_root: Path, pricer_rows: list[Any]
 ) -> None:
     spec = {
         "base_model": str(tiny_model),
@@ -41,6 +41,8 @@ def test_job_trains_a_4bit_lora_adapter_to_success(
 
     assert job["status"] == "succeeded", job["error"]
     assert job["attempt"] == 1 and job["started_at"] and job["finished_at"]
+    wait_until(lambda: f"job {job_id} attempt 1 ended" in (api.stack.log_dir / "worker.log").read_text())
+    assert f"job {job_id} attempt 1 ended (exit code 0)" in (api.stack.log_dir / "worker.log").read_text()
     assert_events_tell_the_whole_story(api, job_id, streamed)
     assert_checkpoints_are_listed_and_download(api, job_id, total_steps=math.ceil(48 / BATCH))
     total = math.ceil(48 / BATCH)

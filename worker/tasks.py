@@ -39,6 +39,7 @@ from worker.exit_codes import EXIT_TEMPFAIL
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 SUPERVISE_POLL_S = 1.0
+EXIT_GRACE_S = 30.0  # how long a trainer that recorded its outcome may take to exit
 
 
 def _die_with_parent() -> None:
@@ -46,13 +47,15 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _beat(job_id: str, attempt: int) -> tuple[bool, bool]:
-    """Extend the lease; returns (still ours, cancel requested)."""
+def _beat(job_id: str, attempt: int) -> tuple[bool, bool, bool]:
+    """Extend the lease; returns (still ours, cancel requested, ended by this attempt)."""
     with session_scope() as session:
         ours = heartbeat(session=session, job_id=job_id, attempt=attempt)
         cancelling = ours and is_cancelling(session=session, job_id=job_id, attempt=attempt)
+        job = get_job(session=session, job_id=job_id)
+        ended_here = not ours and job.attempt == attempt and job.status.is_terminal
         session.commit()
-    return ours, cancelling
+    return ours, cancelling, ended_here
 
 
 def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float) -> int:
@@ -65,10 +68,12 @@ def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace
         except subprocess.TimeoutExpired:
             pass
         try:
-            ours, cancelling = _beat(job_id, attempt)
+            ours, cancelling, ended_here = _beat(job_id, attempt)
         except Exception:  # a database blip must not orphan the trainer; the lease covers longer outages
             log.exception("heartbeat of job %s failed; will retry", job_id)
             continue
+        if ended_here:  # the trainer recorded the outcome and is exiting: let it finish (W&B, logs)
+            return _wait_or_kill(process, EXIT_GRACE_S)
         if not ours:
             log.warning("job %s attempt %s was taken over; killing its trainer", job_id, attempt)
             os.killpg(process.pid, signal.SIGKILL)
@@ -80,6 +85,15 @@ def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace
             log.warning("job %s did not stop within %.0fs of its cancel; killing it", job_id, grace_s)
             os.killpg(process.pid, signal.SIGKILL)
             return process.wait()
+
+
+def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
+    try:
+        return process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("trainer %s did not exit %.0fs after recording its outcome; killing it", process.pid, grace_s)
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
 
 
 def run_training_process(job_id: str, attempt: int) -> int:
