@@ -5,7 +5,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models import EventType, JobEvent
+from shared.models import EventType, JobEvent, JobStatus
 
 
 def add_event(
@@ -31,3 +31,21 @@ def list_events(*, session: Session, job_id: str, after: int | None, limit: int)
         query = query.where(JobEvent.id > after)
     rows = list(session.scalars(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def add_status_event(session: Session, job_id: str, status: JobStatus, message: str, **data: Any) -> None:
+    """Append a `status` event (and, for a failure with an error, an `error` event before it)."""
+    if status is JobStatus.failed and "error" in data:
+        # The error itself, as its own event, before the status change it causes.
+        error = data["error"]
+        add_event(
+            session=session, job_id=job_id, type=EventType.error, level="error", message=error["message"], data=error
+        )
+    add_event(
+        session=session,
+        job_id=job_id,
+        type=EventType.status,
+        message=message,
+        data={"status": status.value, **data},
+        level="error" if status is JobStatus.failed else "info",
+    )

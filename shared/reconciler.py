@@ -11,9 +11,10 @@ message claims nothing and a missing one is made up on the next pass.
 import logging
 from dataclasses import dataclass, field
 
+from shared.attempts import reclaim_expired
 from shared.db import session_scope
 from shared.idempotency import purge_expired_keys
-from shared.jobs import count_queued, mark_dispatched, oldest_queued, reclaim_expired, stale_validations
+from shared.jobs import count_queued, mark_dispatched, oldest_queued, stale_validations
 from shared.queue import enqueue_job, enqueue_validation, queue_length
 from shared.settings import get_settings
 

@@ -5,8 +5,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.attempts import claim_job, record_checkpoint, succeed_job
 from shared.db import session_scope
-from shared.jobs import claim_job, pass_validation, record_checkpoint, succeed_job
+from shared.jobs import pass_validation
 from tests.services import read_sse
 
 

@@ -7,8 +7,9 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from shared.attempts import claim_next_job
 from shared.db import session_scope
-from shared.jobs import claim_next_job, create_job, get_job, pass_validation
+from shared.jobs import create_job, get_job, pass_validation
 from shared.models import ApiKey, utcnow
 from shared.reconciler import reconcile_once
 from shared.spec import JobSpec

@@ -9,16 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from shared.attempts import claim_job, heartbeat, reclaim_expired
 from shared.db import session_scope
-from shared.jobs import (
-    cancel_job,
-    claim_job,
-    create_job,
-    get_job,
-    heartbeat,
-    pass_validation,
-    reclaim_expired,
-)
+from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import ApiKey, JobStatus, utcnow
 from shared.spec import JobSpec
 from worker.tasks import _record_exit, supervise

@@ -13,11 +13,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from shared.db import session_scope
-from shared.jobs import (
+from shared.attempts import (
     fail_job,
     finish_cancel,
-    get_job,
     record_checkpoint,
     record_hub_commit,
     record_hub_failure,
@@ -29,6 +27,8 @@ from shared.jobs import (
     requeue_drained,
     succeed_job,
 )
+from shared.db import session_scope
+from shared.jobs import get_job
 from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec

@@ -12,21 +12,19 @@ from typing import Any
 
 from celery.signals import worker_shutting_down
 
-from shared.db import session_scope
-from shared.errors import JobFailure
-from shared.jobs import (
+from shared.attempts import (
     attempts_spent,
     claim_next_job,
     fail_job,
-    fail_validation,
     finish_cancel,
-    get_job,
     heartbeat,
     is_cancelling,
-    pass_validation,
     request_drain,
     requeue_job,
 )
+from shared.db import session_scope
+from shared.errors import JobFailure
+from shared.jobs import fail_validation, get_job, pass_validation
 from shared.models import JobStatus
 from shared.paths import check_local_refs
 from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_job
