@@ -20,7 +20,14 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested_at.is_(None))
-        .values(status=JobStatus.running, attempt=Job.attempt + 1, worker=worker, started_at=now, heartbeat_at=now)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            drain_requested_at=None,  # a drain asked of an earlier attempt is not this one's
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -163,7 +170,8 @@ def record_metrics(*, session: Session, job_id: str, attempt: int, step: int, me
         return False
     loss = metrics.get("loss")
     summary = f"step {step}: loss {loss:.4f}" if loss is not None else f"step {step}: loss is not finite"
-    add_event(session=session, job_id=job_id, type=EventType.progress, message=summary, data={"step": step, **metrics})
+    data = {"step": step, "attempt": attempt, **metrics}
+    add_event(session=session, job_id=job_id, type=EventType.progress, message=summary, data=data)
     return True
 
 

@@ -83,6 +83,9 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Update step, tokens, speed and ETA; write them out when the interval has passed."""
+        if self.stopped:  # told to stop before the first step (on_train_begin): the step start reset the flags
+            control.should_training_stop, control.should_save = True, self.drained
+            return
         elapsed = max(time.monotonic() - self._started, 1e-9)
         step, total = state.global_step, state.max_steps
         done_here = step - self._start_step
