@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import FtqError
+from shared.errors import FtqError, JobFailure
 from shared.events import add_event, add_status_event
+from shared.jobs import failure_values
 from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
 
 
@@ -129,14 +130,7 @@ def succeed_job(
 
 def fail_job(*, session: Session, job_id: str, attempt: int, error: FtqError) -> bool:
     """Mark a live attempt `failed` with the error's code, message and param."""
-    values = {
-        "status": JobStatus.failed,
-        "error_code": error.code,
-        "error_message": error.message[:4000],
-        "error_param": error.param,
-        "finished_at": utcnow(),
-    }
-    if not _fenced_update(session, job_id, attempt, LIVE, **values):
+    if not _fenced_update(session, job_id, attempt, LIVE, **failure_values(error)):
         return False
     add_status_event(session, job_id, JobStatus.failed, f"failed: {error.code}", error=error.as_dict())
     return True
@@ -299,21 +293,17 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
         elif attempt - preemptions < max_attempts:
             values = {"status": JobStatus.queued, "worker": None}
         else:
-            values = {
-                "status": JobStatus.failed,
-                "error_code": "worker_lost",
-                "error_message": f"the worker stopped responding on attempt {attempt} of {max_attempts}",
-                "finished_at": utcnow(),
-            }
+            lost = JobFailure(f"the worker stopped responding on attempt {attempt}", code="worker_lost")
+            values = failure_values(lost)
         result = session.execute(
             update(Job).where(*fence).values(**values).execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             continue
         new_status = values["status"]
-        add_status_event(
-            session, job_id, new_status, f"{new_status.value}: worker lost (no heartbeat for {ttl_s:.0f}s)"
-        )
+        failure = {"error": lost.as_dict()} if new_status is JobStatus.failed else {}
+        message = f"{new_status.value}: worker lost (no heartbeat for {ttl_s:.0f}s)"
+        add_status_event(session, job_id, new_status, message, **failure)
         if new_status is JobStatus.queued:
             requeued.append(job_id)
     return requeued

@@ -59,16 +59,20 @@ def pass_validation(
     return True
 
 
-def fail_validation(*, session: Session, job_id: str, error: FtqError) -> bool:
-    """Fail a job whose spec or data did not pass validation."""
-    values = {
+def failure_values(error: FtqError) -> dict[str, Any]:
+    """The column values of a job that ends `failed` with this error."""
+    return {
         "status": JobStatus.failed,
         "error_code": error.code,
         "error_message": error.message[:4000],
         "error_param": error.param,
         "finished_at": utcnow(),
     }
-    if not _from_validating(session, job_id, **values):
+
+
+def fail_validation(*, session: Session, job_id: str, error: FtqError) -> bool:
+    """Fail a job whose spec or data did not pass validation."""
+    if not _from_validating(session, job_id, **failure_values(error)):
         return False
     add_status_event(session, job_id, JobStatus.failed, f"failed: {error.code}", error=error.as_dict())
     return True
