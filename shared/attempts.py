@@ -192,9 +192,11 @@ def record_checkpoint(
     return checkpoint
 
 
-def requeue_job(*, session: Session, job_id: str, attempt: int, reason: str) -> bool:
+def requeue_job(*, session: Session, job_id: str, attempt: int, reason: str, oom: bool = False) -> bool:
     """Hand a live attempt's job back to the queue (it resumes from its last complete checkpoint)."""
-    values = {"status": JobStatus.queued, "worker": None}
+    values: dict[str, Any] = {"status": JobStatus.queued, "worker": None}
+    if oom:
+        values["oom_retries"] = Job.oom_retries + 1
     if not _fenced_update(session, job_id, attempt, RUNNING, **values):
         return False
     add_status_event(session, job_id, JobStatus.queued, f"queued again after attempt {attempt} was lost")

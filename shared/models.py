@@ -106,6 +106,7 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     drain_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    oom_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     wandb_run_id: Mapped[str | None] = mapped_column(String(128), default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
     wandb_dir: Mapped[str | None] = mapped_column(String(1024), default=None)

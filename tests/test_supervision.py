@@ -127,3 +127,42 @@ def test_a_lost_job_that_was_being_cancelled_ends_cancelled(running_job: str) ->
         session.commit()
 
     assert status_of(running_job) == (JobStatus.cancelled, None)
+
+
+def test_out_of_memory_is_retried_once_with_the_same_settings_then_fails(running_job: str) -> None:
+    from worker.exit_codes import EXIT_OUT_OF_MEMORY
+
+    first = _record_exit(running_job, 1, EXIT_OUT_OF_MEMORY)
+    with session_scope() as session:
+        assert claim_job(session=session, job_id=running_job, worker="test") == 2
+        session.commit()
+    second = _record_exit(running_job, 2, EXIT_OUT_OF_MEMORY)
+
+    assert (first, second) == (True, False)
+    with session_scope() as session:
+        job = get_job(session=session, job_id=running_job)
+        assert (job.status, job.error_code, job.error_param) == (
+            JobStatus.failed,
+            "out_of_memory",
+            "hyperparameters.batch_size",
+        )
+        assert job.oom_retries == 1
+
+
+def test_the_trainer_reports_out_of_memory_by_its_exit_code(
+    running_job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.runner
+    import worker.training
+    from worker.exit_codes import EXIT_OUT_OF_MEMORY
+
+    class OutOfMemoryError(RuntimeError):  # the name torch.cuda.OutOfMemoryError carries
+        pass
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(worker.training, "train", out_of_memory)
+
+    assert worker.runner.run(running_job, 1) == EXIT_OUT_OF_MEMORY
+    assert status_of(running_job) == (JobStatus.running, None), "the task, not the trainer, decides what follows"

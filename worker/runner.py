@@ -32,8 +32,8 @@ from shared.jobs import get_job
 from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
-from worker.errors import classify
-from worker.exit_codes import EXIT_TEMPFAIL
+from worker.errors import classify, is_out_of_memory
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
 
 log = logging.getLogger("ftq.runner")
 T = TypeVar("T")
@@ -123,6 +123,11 @@ def run(job_id: str, attempt: int) -> int:
         log.exception("job %s attempt %s lost its database; exiting to be queued again", job_id, attempt)
         return EXIT_TEMPFAIL
     except Exception as exc:
+        if is_out_of_memory(exc):
+            # Memory can be a passing state of the box (another process, fragmentation): the task decides
+            # whether this job gets its one retry with the same settings.
+            log.exception("job %s attempt %s ran out of memory", job_id, attempt)
+            return EXIT_OUT_OF_MEMORY
         error = classify(exc)
         log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
         with session_scope() as session:

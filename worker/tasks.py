@@ -23,7 +23,7 @@ from shared.attempts import (
     requeue_job,
 )
 from shared.db import session_scope
-from shared.errors import JobFailure
+from shared.errors import FtqError, JobFailure
 from shared.jobs import fail_validation, get_job, pass_validation
 from shared.models import JobStatus
 from shared.paths import check_local_refs
@@ -31,8 +31,8 @@ from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from worker.celery_app import app
-from worker.errors import classify
-from worker.exit_codes import EXIT_TEMPFAIL
+from worker.errors import classify, out_of_memory_failure
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -123,12 +123,19 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
         if finish_cancel(session=session, job_id=job_id, attempt=attempt):
             session.commit()
             return False
-        retry = _killed(code) and attempts_spent(session=session, job_id=job_id) < get_settings().max_attempts
-        reason = f"training process exited with code {code}"
-        if retry and requeue_job(session=session, job_id=job_id, attempt=attempt, reason=reason):
+        attempts_left = attempts_spent(session=session, job_id=job_id) < get_settings().max_attempts
+        if code == EXIT_OUT_OF_MEMORY:
+            retry = attempts_left and get_job(session=session, job_id=job_id).oom_retries == 0
+            reason = "out of memory; retrying once with the same settings"
+            error: FtqError = out_of_memory_failure(f"attempt {attempt}")
+        else:
+            retry = attempts_left and _killed(code)
+            reason = f"training process exited with code {code}"
+            error = JobFailure(f"the {reason} (attempt {attempt})", code="worker_crashed")
+        oom = code == EXIT_OUT_OF_MEMORY
+        if retry and requeue_job(session=session, job_id=job_id, attempt=attempt, reason=reason, oom=oom):
             session.commit()
             return True
-        error = JobFailure(f"the {reason} (attempt {attempt})", code="worker_crashed")
         fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
         session.commit()
         return False
