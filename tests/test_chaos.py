@@ -29,7 +29,13 @@ def test_no_job_is_lost_or_run_twice_under_random_faults(
     spec = {
         "base_model": str(tiny_model),
         "dataset": {"id": str(train_file)},
-        "hyperparameters": {"batch_size": 4, "max_length": 320, "max_steps": 24, "save_steps": 4, "logging_steps": 1},
+        "hyperparameters": {
+            "batch_size": 4,
+            "max_length": 320,
+            "max_steps": 24 if faults >= 20 else 12,
+            "save_steps": 4,
+            "logging_steps": 1,
+        },
     }
     ids = [pg_api.post("/jobs", json=spec).json()["id"] for _ in range(jobs)]
     chaos = Chaos(

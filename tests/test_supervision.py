@@ -149,9 +149,7 @@ def test_out_of_memory_is_retried_once_with_the_same_settings_then_fails(running
         assert job.oom_retries == 1
 
 
-def test_the_trainer_reports_out_of_memory_by_its_exit_code(
-    running_job: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_trainer_reports_out_of_memory_by_its_exit_code(running_job: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import worker.runner
     import worker.training
     from worker.exit_codes import EXIT_OUT_OF_MEMORY
