@@ -113,11 +113,13 @@ class Chaos:
     def run(self, ids: list[str], faults: int, report: Report) -> None:
         """Inject `faults` faults, 1-3 s apart, each once a job is running (while any job is still live)."""
         kinds, weights = list(FAULTS), list(FAULTS.values())
-        for _ in range(faults):
+        # Every kind once (in a random order), so even a short run exercises each; then weighted draws.
+        sequence = self.rng.sample(kinds, k=len(kinds))[:faults]
+        sequence += self.rng.choices(kinds, weights, k=faults - len(sequence))
+        for fault in sequence:
             deadline = time.time() + 10
             while time.time() < deadline and not any(j["status"] == "running" for j in self.live_jobs(ids)):
                 time.sleep(0.5)
-            fault = self.rng.choices(kinds, weights)[0]
             self.inject(fault, ids)
             report.faults[fault] += 1
             time.sleep(self.rng.uniform(1.0, 3.0))

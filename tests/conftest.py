@@ -162,10 +162,12 @@ def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
 def stack_client(
     database: str, data_dir: Path, local_root: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[StackClient]:
-    """Run an API + GPU worker + validation worker on a fresh SQLite or PostgreSQL database and the local
-    Redis (queues of its own); yield a client holding a fresh key."""
+    """Run an API + GPU worker + validation worker on a fresh SQLite or PostgreSQL database (or on the database
+    URL given) and the local Redis (queues of its own); yield a client holding a fresh key."""
     if database == "sqlite":
         url = f"sqlite:///{data_dir / 'ftq.db'}"
+    elif "://" in database:
+        url = database
     else:
         url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
     env = {

@@ -1,5 +1,6 @@
 """The API while its PostgreSQL server is down: 503 (not 500), and it recovers by itself once the server is back."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from api.main import create_app
 from shared.auth import create_api_key
 from shared.db import session_scope
 from shared.migrate import upgrade_database
-from tests.conftest import REDIS_URL, clear_caches
+from tests.conftest import REDIS_URL, clear_caches, stack_client
+from tests.services import wait_for_end, wait_until
 from tests.throwaway_postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.postgres
@@ -61,3 +63,25 @@ def test_api_answers_503_while_postgres_is_down_and_recovers(
     assert all(r.json()["error"]["code"] == "database_unavailable" for r in down)
     assert down[0].headers["Retry-After"] == "5"
     assert back.status_code == 200
+
+
+@pytest.mark.training
+@pytest.mark.redis
+def test_a_job_survives_its_postgres_restarting_mid_training(
+    own_postgres: ThrowawayPostgres, tmp_path: Path, local_root: Path, tiny_model: Path, train_file: Path
+) -> None:
+    hp = {"batch_size": 4, "max_length": 320, "max_steps": 30, "save_steps": 5, "logging_steps": 1}
+    spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": hp}
+    with stack_client(own_postgres.url, tmp_path / "stack", local_root) as api:
+        job_id = api.post("/jobs", json=spec).json()["id"]
+        wait_until(lambda: api.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 3, what="training to start")
+
+        own_postgres.stop()
+        time.sleep(3)
+        own_postgres.start()
+        job = wait_for_end(api, job_id, timeout_s=240)
+        events = api.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["step"] == 30
+    assert sum(1 for e in events if e["type"] == "status" and e["data"]["status"] == "succeeded") == 1
