@@ -47,3 +47,8 @@ def current_key(
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def owner_scope(key: ApiKey) -> str | None:
+    """Whose jobs and files a key may see: its own, or everyone's (None) for an admin key."""
+    return None if key.is_admin else key.id

@@ -122,22 +122,25 @@ def store_upload(
         partial.unlink(missing_ok=True)
 
 
-def get_file(*, session: Session, file_id: str) -> UploadedFile:
-    """The uploaded file with this id, or 404."""
+def get_file(*, session: Session, file_id: str, owner_id: str | None = None) -> UploadedFile:
+    """The uploaded file with this id (of this owner, when given), or 404."""
     record = session.get(UploadedFile, file_id)
-    if record is None:
+    if record is None or (owner_id is not None and record.owner_id != owner_id):
         raise JobNotFound(f"no file {file_id!r}", param="file_id")
     return record
 
 
-def list_files(*, session: Session) -> list[UploadedFile]:
-    """Uploaded files, newest first."""
-    return list(session.scalars(select(UploadedFile).order_by(UploadedFile.created_at.desc(), UploadedFile.id)))
+def list_files(*, session: Session, owner_id: str | None = None) -> list[UploadedFile]:
+    """Uploaded files (of one owner, when given), newest first."""
+    query = select(UploadedFile).order_by(UploadedFile.created_at.desc(), UploadedFile.id)
+    if owner_id is not None:
+        query = query.where(UploadedFile.owner_id == owner_id)
+    return list(session.scalars(query))
 
 
-def delete_file(*, session: Session, file_id: str) -> Path:
+def delete_file(*, session: Session, file_id: str, owner_id: str | None = None) -> Path:
     """Delete the row of an upload no unfinished job reads; returns the path to unlink once committed."""
-    record = get_file(session=session, file_id=file_id)
+    record = get_file(session=session, file_id=file_id, owner_id=owner_id)
     live = (JobStatus.validating, JobStatus.queued, JobStatus.running, JobStatus.cancelling)
     for spec in session.scalars(select(Job.spec).where(Job.status.in_(live))):
         if spec["dataset"]["id"] == file_id:
@@ -147,9 +150,10 @@ def delete_file(*, session: Session, file_id: str) -> Path:
     return Path(record.path)
 
 
-def check_dataset_file(*, session: Session, ref: str) -> None:
-    """A spec naming an uploaded file must name one that exists."""
-    if is_file_id(ref) and session.get(UploadedFile, ref) is None:
+def check_dataset_file(*, session: Session, ref: str, owner_id: str | None = None) -> None:
+    """A spec naming an uploaded file must name one that exists (and that its owner may read)."""
+    record = session.get(UploadedFile, ref) if is_file_id(ref) else None
+    if is_file_id(ref) and (record is None or (owner_id is not None and record.owner_id != owner_id)):
         raise InvalidInput(f"no uploaded file {ref!r}", code="file_not_found", param="dataset.id")
 
 

@@ -78,19 +78,26 @@ def fail_validation(*, session: Session, job_id: str, error: FtqError) -> bool:
     return True
 
 
-def get_job(*, session: Session, job_id: str) -> Job:
-    """The job with this id, or JobNotFound."""
+def get_job(*, session: Session, job_id: str, owner_id: str | None = None) -> Job:
+    """The job with this id (of this owner, when one is given), or JobNotFound: another's job does not exist."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner_id is not None and job.owner_id != owner_id):
         raise JobNotFound(f"no job {job_id!r}", param="job_id")
     return job
 
 
 def list_jobs(
-    *, session: Session, limit: int, after: str | None = None, status: JobStatus | None = None
+    *,
+    session: Session,
+    limit: int,
+    after: str | None = None,
+    status: JobStatus | None = None,
+    owner_id: str | None = None,
 ) -> tuple[list[Job], bool]:
-    """Jobs newest first, `limit` of them after the cursor job, and whether more follow."""
+    """Jobs newest first (of one owner, when given), `limit` of them after the cursor job, and whether more follow."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Header, UploadFile, status
 
-from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.deps import CurrentKey, SessionDep, SettingsDep, owner_scope
 from api.schemas import FileList, FileRead
 from shared.files import FileTooLarge, delete_file, get_file, list_files, store_upload
 
@@ -36,20 +36,20 @@ def upload_file(
 
 
 @router.get("", response_model=FileList)
-def list_uploaded_files(session: SessionDep, _key: CurrentKey) -> FileList:
+def list_uploaded_files(session: SessionDep, key: CurrentKey) -> FileList:
     """List uploaded files, newest first."""
-    return FileList(data=[FileRead.model_validate(f) for f in list_files(session=session)])
+    return FileList(data=[FileRead.model_validate(f) for f in list_files(session=session, owner_id=owner_scope(key))])
 
 
 @router.get("/{file_id}", response_model=FileRead)
-def read_uploaded_file(file_id: str, session: SessionDep, _key: CurrentKey) -> FileRead:
+def read_uploaded_file(file_id: str, session: SessionDep, key: CurrentKey) -> FileRead:
     """Get one uploaded file's metadata."""
-    return FileRead.model_validate(get_file(session=session, file_id=file_id))
+    return FileRead.model_validate(get_file(session=session, file_id=file_id, owner_id=owner_scope(key)))
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_uploaded_file(file_id: str, session: SessionDep, _key: CurrentKey) -> None:
+def delete_uploaded_file(file_id: str, session: SessionDep, key: CurrentKey) -> None:
     """Delete a file no unfinished job reads (409 otherwise)."""
-    path = delete_file(session=session, file_id=file_id)
+    path = delete_file(session=session, file_id=file_id, owner_id=owner_scope(key))
     session.commit()
     path.unlink(missing_ok=True)

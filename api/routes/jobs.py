@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.deps import CurrentKey, SessionDep, SettingsDep, owner_scope
 from api.schemas import DryRun, JobList, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
@@ -61,7 +61,7 @@ def create_fine_tune_job(
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
-    check_dataset_file(session=session, ref=spec.dataset.id)
+    check_dataset_file(session=session, ref=spec.dataset.id, owner_id=owner_scope(key))
     if dry_run:
         response.status_code = status.HTTP_200_OK
         return _dry_run(spec, settings.dry_run_timeout_s)
@@ -118,27 +118,27 @@ def _dry_run(spec: JobSpec, timeout_s: float) -> DryRun:
 @router.get("", response_model=JobList)
 def list_fine_tune_jobs(
     session: SessionDep,
-    _key: CurrentKey,
+    key: CurrentKey,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[str | None, Query(max_length=64, description="Id of the last job of the previous page.")] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
-    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status)
+    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_scope(key))
     places = queue_positions(session=session)
     return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def read_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
+def read_fine_tune_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    job = get_job(session=session, job_id=job_id)
+    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
     return JobRead.from_job(job, queue_positions(session=session).get(job.id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_fine_tune_job(job_id: str, session: SessionDep, _key: CurrentKey) -> JobRead:
+def cancel_fine_tune_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step (409 once it has ended)."""
-    job = cancel_job(session=session, job=get_job(session=session, job_id=job_id))
+    job = cancel_job(session=session, job=get_job(session=session, job_id=job_id, owner_id=owner_scope(key)))
     session.commit()
     return JobRead.from_job(job)
