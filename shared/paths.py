@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from shared.errors import InvalidInput
+from shared.files import is_file_id
 from shared.spec import JobSpec, is_local_path
 
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -62,5 +63,5 @@ def check_local_refs(spec: JobSpec, roots: list[Path]) -> None:
         refuse_hub_id_shadowed_by_path(spec.base_model, "base_model")
     if is_local_path(spec.dataset.id):
         check_local_dataset(spec.dataset.id, roots)
-    elif not spec.dataset.id.startswith("file-"):
+    elif not is_file_id(spec.dataset.id):
         refuse_hub_id_shadowed_by_path(spec.dataset.id, "dataset.id")
