@@ -13,7 +13,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import checkpoints, events, files, health, jobs
+from api.routes import checkpoints, events, files, health, jobs, me, users, workers
 from shared.errors import FtqError
 from shared.reconciler import reconcile_once
 from shared.settings import get_settings
@@ -103,6 +103,9 @@ def create_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(checkpoints.router)
     app.include_router(files.router)
+    app.include_router(me.router)
+    app.include_router(users.router)
+    app.include_router(workers.router)
     app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]

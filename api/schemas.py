@@ -82,6 +82,8 @@ class JobRead(BaseModel):
     attempt: int
     preemptions: int = Field(0, description="Times a shutting-down worker handed the job back (not failures).")
     metadata: dict[str, str]
+    owner: str = Field(..., description="Name of the user who submitted the job.")
+    priority: int = Field(0, description="Higher starts sooner among jobs of equal fair share (admin-set).")
     queue_position: int | None = Field(None, description="Place in line (1 = next to start) while queued.")
     wandb_url: str | None = Field(None, description="The W&B run page, once the run has started online.")
     wandb_dir: str | None = Field(None, description="The run's local directory on the worker (offline runs).")
@@ -106,10 +108,20 @@ class JobRead(BaseModel):
             attempt=job.attempt,
             preemptions=job.preemptions,
             metadata=job.metadata_ or {},
+            owner=job.owner.name,
+            priority=job.priority,
             queue_position=queue_position,
             wandb_url=job.wandb_url,
             wandb_dir=job.wandb_dir,
         )
+
+
+class JobPatch(BaseModel):
+    """What an admin may change of a job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(..., ge=-1000, le=1000, description="Higher starts sooner among jobs of equal fair share.")
 
 
 class JobList(BaseModel):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from ftq.admin import add_admin_commands
 from shared.settings import Settings, get_settings
 
 
@@ -22,16 +23,24 @@ def _apply_data_dir(data_dir: str | None) -> Settings:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the API and one worker in the foreground until Ctrl-C or SIGTERM."""
-    from ftq.stack import Stack, prepare_data_dir, stack_commands
+    from ftq.stack import Stack, parse_gpus, prepare_data_dir, stack_commands
 
+    try:
+        gpus = parse_gpus(args.gpus)
+    except ValueError as exc:
+        print(f"ftq up: {exc}", file=sys.stderr)
+        return 2
     settings = _apply_data_dir(args.data_dir)
     new_key = prepare_data_dir(settings)
     key_file = settings.data_path / "admin.key"
     if new_key:
         print(f"Admin API key (saved to {key_file}, shown once):\n  {new_key}", flush=True)
     broker = "embedded (SQLite)" if settings.uses_embedded_broker else "BROKER_URL"
+    processes = stack_commands(settings, args.host, args.port, gpus)
+    trainers = ", ".join(p.name for p in processes[1:-1])
     print(f"ftq up: data {settings.data_path}, broker {broker}, API http://{args.host}:{args.port}", flush=True)
-    stack = Stack(stack_commands(settings, args.host, args.port), env=dict(os.environ))
+    print(f"ftq up: training workers {trainers}", flush=True)
+    stack = Stack(processes, env=dict(os.environ))
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -92,11 +101,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run only a worker (one job at a time)."""
-    from ftq.stack import worker_command
+    """Run only a worker (one job at a time): a training worker, pinned with --gpu N, or a validation worker."""
+    from ftq.stack import gpu_worker, worker_command
 
     settings = _apply_data_dir(args.data_dir)
-    command = worker_command(settings, args.name or ("validate" if args.validate else "gpu0"), validate=args.validate)
+    if args.validate:
+        command = worker_command(settings, args.name or "validate", validate=True)
+    else:
+        process = gpu_worker(settings, args.gpu)
+        os.environ.update(process.env)
+        command = worker_command(settings, args.name) if args.name else process.command
     os.execv(command[0], command)
 
 
@@ -110,17 +124,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    """Create an API key and print it once."""
-    from shared.auth import create_api_key
-    from shared.db import session_scope
-
-    _apply_data_dir(args.data_dir)
-    with session_scope() as session:
-        key, raw = create_api_key(session=session, name=args.name, is_admin=args.admin)
-        session.commit()
-    print(f"{key.id}  {key.name}{'  (admin)' if key.is_admin else ''}\n{raw}")
-    return 0
+def _gpu_index(value: str) -> str:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"a GPU index such as 0 (got {value!r})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,24 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    up = add("up", cmd_up, "Run the API and one worker in the foreground.")
+    up = add("up", cmd_up, "Run the API and the workers (one per GPU) in the foreground.")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--demo", action="store_true", help="build the tiny demo model, submit its job and follow it")
+    up.add_argument(
+        "--gpus",
+        default="all",
+        help="one training worker per GPU: all (default; one CPU worker when there is none), none, or e.g. 0,1",
+    )
     api = add("api", cmd_api, "Run only the API server.")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     worker = add("worker", cmd_worker, "Run only a worker: a GPU worker, or with --validate a validation worker.")
     worker.add_argument("--name", help="worker name (shown in logs)")
     worker.add_argument("--validate", action="store_true", help="validate new jobs' data (CPU) instead of training")
+    worker.add_argument("--gpu", type=_gpu_index, help="train on this GPU only (sets CUDA_VISIBLE_DEVICES)")
     add("migrate", cmd_migrate, "Bring the database to the newest schema.")
-    keys = add("keys", lambda _a: 2, "Manage API keys.")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="Create an API key and print it once.")
-    create.add_argument("name")
-    create.add_argument("--admin", action="store_true")
-    create.add_argument("--data-dir", help="data directory")
-    create.set_defaults(func=cmd_keys_create)
+    add_admin_commands(add)
     return parser
 
 

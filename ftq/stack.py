@@ -1,15 +1,18 @@
-"""Start and stop the API and a worker as child processes (what `ftq up` runs)."""
+"""Start and stop the API and the workers as child processes (what `ftq up` runs)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 from shared.auth import create_api_key
 from shared.db import session_scope
 from shared.migrate import upgrade_database
 from shared.settings import Settings
+from shared.vault import ensure_key_file
 
 # A worker drains on SIGTERM: its trainer saves a checkpoint at the next step and the job goes back to the queue.
 STOP_GRACE_S = 60.0
@@ -24,6 +27,7 @@ def prepare_data_dir(settings: Settings) -> str | None:
     for path in (data, settings.jobs_dir, *settings.allowed_roots):
         path.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.db_url)
+    ensure_key_file(settings)  # the key that encrypts users' tokens, unless FTQ_SECRET_KEY is set
     key_file = data / "admin.key"
     if key_file.exists():
         return None
@@ -36,12 +40,56 @@ def prepare_data_dir(settings: Settings) -> str | None:
     return raw
 
 
-def stack_commands(settings: Settings, host: str, port: int) -> list[list[str]]:
-    """The API, one GPU worker and one validation worker: everything `ftq up` runs."""
+@dataclass(frozen=True)
+class Process:
+    """One process of the stack: a name, its command line and what it adds to the environment."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def available_gpus() -> list[str]:
+    """The indexes of the GPUs nvidia-smi lists (none without a driver)."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [nvidia_smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+def parse_gpus(value: str) -> list[str]:
+    """`all` (every GPU nvidia-smi lists), `none`, or a comma-separated list of GPU indexes such as `0,1`."""
+    if value == "all":
+        return available_gpus()
+    if value == "none":
+        return []
+    gpus = [part.strip() for part in value.split(",") if part.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus takes all, none or distinct GPU indexes such as 0,1 (got {value!r})")
+    return gpus
+
+
+def gpu_worker(settings: Settings, gpu: str | None) -> Process:
+    """A training worker pinned to one GPU (`gpuN`), or an unpinned one (`cpu0`) on a box without GPUs."""
+    if gpu is None:
+        return Process("cpu0", worker_command(settings, "cpu0"))
+    # One visible GPU per worker: TRL refuses to start with several, and jobs never share a card.
+    return Process(f"gpu{gpu}", worker_command(settings, f"gpu{gpu}"), {"CUDA_VISIBLE_DEVICES": gpu})
+
+
+def stack_commands(settings: Settings, host: str, port: int, gpus: list[str] | None = None) -> list[Process]:
+    """The API, one training worker per GPU (one CPU worker without GPUs) and one validation worker."""
+    trainers = [gpu_worker(settings, gpu) for gpu in gpus] if gpus else [gpu_worker(settings, None)]
     return [
-        api_command(host, port),
-        worker_command(settings, "gpu0"),
-        worker_command(settings, "validate", validate=True),
+        Process("api", api_command(host, port)),
+        *trainers,
+        Process("validate", worker_command(settings, "validate", validate=True)),
     ]
 
 
@@ -77,15 +125,16 @@ def worker_command(settings: Settings, name: str = "gpu0", *, validate: bool = F
 class Stack:
     """The child processes of `ftq up`; stopping it stops every one of them."""
 
-    def __init__(self, commands: list[list[str]], env: dict[str, str]) -> None:
+    def __init__(self, commands: list[Process], env: dict[str, str]) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.commands = commands
         self.env = env
 
     def start(self) -> None:
         """Start every child in its own process group (those started are stopped by `stop` if one fails)."""
-        for command in self.commands:
-            self.processes.append(subprocess.Popen(command, env=self.env, start_new_session=True))
+        for spec in self.commands:
+            env = {**self.env, **spec.env}
+            self.processes.append(subprocess.Popen(spec.command, env=env, start_new_session=True))
 
     def poll_dead(self) -> subprocess.Popen[bytes] | None:
         """A child that exited, if any."""

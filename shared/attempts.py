@@ -13,6 +13,7 @@ from shared.errors import FtqError, JobFailure
 from shared.events import add_event, add_status_event
 from shared.jobs import failure_values
 from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
+from shared.scheduling import next_job_id
 
 
 def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
@@ -312,14 +313,9 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
 
 
 def claim_next_job(*, session: Session, worker: str, tries: int = 5) -> tuple[str, int] | None:
-    """Claim the job that has waited longest (a message is only a bell: any queued job may answer it)."""
+    """Claim the job fair share says is next (a message is only a bell: any queued job may answer it)."""
     for _ in range(tries):
-        job_id = session.scalar(
-            select(Job.id)
-            .where(Job.status == JobStatus.queued, Job.cancel_requested_at.is_(None))
-            .order_by(Job.created_at, Job.id)
-            .limit(1)
-        )
+        job_id = next_job_id(session=session)
         if job_id is None:
             return None
         attempt = claim_job(session=session, job_id=job_id, worker=worker)

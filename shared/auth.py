@@ -1,14 +1,23 @@
-"""API keys: random bearer tokens of which only a SHA-256 is stored."""
+"""API keys: random bearer tokens of which only a SHA-256 is stored; each belongs to a user."""
 
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey
+from shared.errors import FtqError
+from shared.models import ApiKey, User, utcnow
+from shared.users import get_or_create_user
 
 KEY_PREFIX = "ftq_"
+
+
+class KeyNotFound(FtqError):
+    """No key with that id or prefix."""
+
+    status_code = 404
+    code = "not_found"
 
 
 def hash_key(raw: str) -> str:
@@ -17,17 +26,41 @@ def hash_key(raw: str) -> str:
 
 
 def create_api_key(*, session: Session, name: str, is_admin: bool = False) -> tuple[ApiKey, str]:
-    """Add a new key; returns the row and the raw key, which is never stored or shown again."""
+    """A new key for the user `name` (made if new); returns the row and the raw key, never stored or shown again."""
+    user = get_or_create_user(session=session, name=name, is_admin=is_admin)
+    return add_key(session=session, user=user, name=name)
+
+
+def add_key(*, session: Session, user: User, name: str) -> tuple[ApiKey, str]:
+    """Add a new key for `user`; returns the row and the raw key."""
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=raw[:10], key_hash=hash_key(raw), is_admin=is_admin)
+    key = ApiKey(user=user, name=name, prefix=raw[:10], key_hash=hash_key(raw))
     session.add(key)
     session.flush()
     return key, raw
 
 
 def find_api_key(*, session: Session, raw: str) -> ApiKey | None:
-    """The live key matching `raw`, or None."""
+    """The live key matching `raw` (with its user), or None."""
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(raw)))
     if key is None or key.revoked_at is not None:
         return None
+    return key
+
+
+def list_api_keys(*, session: Session) -> list[ApiKey]:
+    """Every key, oldest first, with its user."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_api_key(*, session: Session, ref: str) -> ApiKey:
+    """Revoke the key with this id or prefix (the first characters of the key, shown by `ftq keys list`)."""
+    matches = list(session.scalars(select(ApiKey).where(or_(ApiKey.id == ref, ApiKey.prefix == ref))))
+    if len(matches) != 1:
+        why = "no key" if not matches else f"{len(matches)} keys"
+        raise KeyNotFound(f"{why} with id or prefix {ref!r}", param="key")
+    key = matches[0]
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
     return key

@@ -150,11 +150,14 @@ def delete_file(*, session: Session, file_id: str, owner_id: str | None = None) 
     return Path(record.path)
 
 
-def check_dataset_file(*, session: Session, ref: str, owner_id: str | None = None) -> None:
-    """A spec naming an uploaded file must name one that exists (and that its owner may read)."""
-    record = session.get(UploadedFile, ref) if is_file_id(ref) else None
-    if is_file_id(ref) and (record is None or (owner_id is not None and record.owner_id != owner_id)):
+def check_dataset_file(*, session: Session, ref: str, owner_id: str | None = None) -> UploadedFile | None:
+    """The uploaded file a spec names, which must exist (and be readable by the caller); None for other refs."""
+    if not is_file_id(ref):
+        return None
+    record = session.get(UploadedFile, ref)
+    if record is None or (owner_id is not None and record.owner_id != owner_id):
         raise InvalidInput(f"no uploaded file {ref!r}", code="file_not_found", param="dataset.id")
+    return record
 
 
 def uploaded_file_path(*, session: Session, file_id: str) -> Path:

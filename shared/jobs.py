@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, InvalidInput, JobNotFound
 from shared.events import add_event, add_status_event
-from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
+from shared.models import Checkpoint, EventType, Job, JobStatus, User, utcnow
 from shared.spec import JobSpec
 
 
@@ -22,10 +22,11 @@ class InvalidTransition(FtqError):
     code = "invalid_state"
 
 
-def create_job(*, session: Session, spec: JobSpec, owner_id: str) -> Job:
-    """Store a new job in `validating` with its resolved spec."""
+def create_job(*, session: Session, spec: JobSpec, owner: User) -> Job:
+    """Store a new job of `owner` in `validating` with its resolved spec, at the owner's priority."""
     job = Job(
-        owner_id=owner_id,
+        owner=owner,
+        priority=owner.priority,
         status=JobStatus.validating,
         spec=spec.model_dump(mode="json"),
         metadata_=dict(spec.metadata),
@@ -142,6 +143,14 @@ def cancel_job(*, session: Session, job: Job) -> Job:
     return job
 
 
+def set_job_priority(*, session: Session, job: Job, priority: int) -> Job:
+    """Change a job's priority (an admin's call); it orders the job among its owner's and equal shares."""
+    job.priority = priority
+    session.flush()
+    add_event(session=session, job_id=job.id, type=EventType.log, message=f"priority set to {priority}")
+    return job
+
+
 def fail_job_unqueued(*, session: Session, job_id: str, message: str) -> None:
     """Fail a job whose message never reached the broker, so it does not wait forever."""
     result = session.execute(
@@ -157,12 +166,6 @@ def fail_job_unqueued(*, session: Session, job_id: str, message: str) -> None:
 def list_checkpoints(*, session: Session, job_id: str) -> list[Checkpoint]:
     """A job's checkpoints by step."""
     return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
-
-
-def queue_positions(*, session: Session) -> dict[str, int]:
-    """1-based place in line of every queued job (first queued, first served)."""
-    ids = session.scalars(select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at, Job.id)).all()
-    return {job_id: place for place, job_id in enumerate(ids, start=1)}
 
 
 def stale_validations(*, session: Session, older_than_s: float) -> list[str]:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -63,31 +63,64 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class User(Base):
+    """A person (or a team's script) sharing the box: owns jobs, files, keys and secrets."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("user"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    # Higher runs sooner among users with equal share; only an admin changes it.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Caps set by an admin, by name (see `shared.limits.LIMITS`); a missing cap is no cap.
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiKey(Base):
-    """A bearer key; only its SHA-256 is stored."""
+    """A bearer key of one user; only its SHA-256 is stored."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(128))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class UserSecret(Base):
+    """One of a user's tokens (HF, W&B), encrypted with the server's key; never returned by the API."""
+
+    __tablename__ = "user_secrets"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
     """One fine-tune job; the row is the source of truth for its state."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_created_at_id", "created_at", "id"), Index("ix_jobs_status", "status"))
+    __table_args__ = (
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_owner_id_status", "owner_id", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
-    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=16, validate_strings=True), default=JobStatus.queued
     )
+    # Higher runs sooner within a user's fair share; starts at the owner's priority, an admin may change it.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     spec: Mapped[dict[str, Any]]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -110,6 +143,7 @@ class Job(Base):
     wandb_run_id: Mapped[str | None] = mapped_column(String(128), default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
     wandb_dir: Mapped[str | None] = mapped_column(String(1024), default=None)
+    owner: Mapped[User] = relationship(lazy="joined")
 
 
 class EventType(enum.StrEnum):
@@ -160,7 +194,7 @@ class UploadedFile(Base):
     __tablename__ = "files"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("file"))
-    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     filename: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -175,8 +209,24 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
-    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A worker process as it last reported itself; its current job is the job it holds (`Job.worker`)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery's node name, e.g. gpu0@host
+    kind: Mapped[str] = mapped_column(String(16))  # "gpu" or "validate"
+    hostname: Mapped[str] = mapped_column(String(255))
+    gpu: Mapped[str | None] = mapped_column(String(64), default=None)  # its CUDA_VISIBLE_DEVICES
+    gpu_name: Mapped[str | None] = mapped_column(String(255), default=None)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)

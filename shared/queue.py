@@ -77,9 +77,13 @@ def enqueue_validation(job_id: str) -> None:
     )
 
 
-def run_dry_run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Validate a spec on a validation worker and wait for its answer (raises TimeoutError)."""
-    result = get_celery().send_task(DRY_RUN_TASK, args=[spec], queue=get_settings().validate_queue_name)
+def run_dry_run(spec: dict[str, Any], owner_id: str, timeout_s: float) -> dict[str, Any]:
+    """Validate a spec as `owner_id` on a validation worker and wait for its answer (raises TimeoutError).
+
+    The owner's id travels, never their tokens: the worker reads those itself.
+    """
+    queue = get_settings().validate_queue_name
+    result = get_celery().send_task(DRY_RUN_TASK, args=[spec, owner_id], queue=queue)
     try:
         answer: dict[str, Any] = result.get(timeout=timeout_s)
     except CeleryTimeoutError as exc:

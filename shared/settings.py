@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,9 +24,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100, validation_alias="FTQ_MAX_ATTEMPTS")
     max_upload_mb: int = Field(1024, ge=1, validation_alias="FTQ_MAX_UPLOAD_MB")
     lease_ttl_s: float = Field(120.0, gt=0, validation_alias="FTQ_LEASE_TTL")
+    worker_heartbeat_s: float = Field(10.0, gt=0, validation_alias="FTQ_WORKER_HEARTBEAT")
     reconcile_interval_s: float = Field(15.0, gt=0, validation_alias="FTQ_RECONCILE_INTERVAL")
     redispatch_after_s: float = Field(300.0, gt=0, validation_alias="FTQ_REDISPATCH_AFTER")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
+    # Fernet keys (comma-separated, newest first) that encrypt users' stored tokens; default: `secret.key`
+    # in the data dir, made on first use, which suits one box where API and workers share the data dir.
+    secret_key: SecretStr | None = Field(None, validation_alias="FTQ_SECRET_KEY")
+    rate_limit_per_minute: float = Field(600.0, gt=0, validation_alias="FTQ_RATE_LIMIT")
+    rate_limit_burst: int = Field(60, ge=1, validation_alias="FTQ_RATE_BURST")
 
     @property
     def data_path(self) -> Path:

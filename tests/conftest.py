@@ -145,6 +145,14 @@ def api_key(env: dict[str, str]) -> str:
     return raw
 
 
+def client_for(name: str, *, admin: bool = False) -> TestClient:
+    """A client of the API (not yet started) holding a new key of user `name`."""
+    with session_scope() as session:
+        _key, raw = create_api_key(session=session, name=name, is_admin=admin)
+        session.commit()
+    return TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"})
+
+
 @pytest.fixture
 def client(env: dict[str, str], api_key: str) -> Iterator[TestClient]:
     """An authenticated client of the API."""

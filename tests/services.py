@@ -78,12 +78,16 @@ class RunningStack:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, command: list[str]) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         """Start one process in its own group, logging to `<log_dir>/<name>.log`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env={**self.env, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill_worker(self) -> None:
@@ -99,7 +103,7 @@ class RunningStack:
     def restart_worker(self) -> None:
         """Start a fresh GPU worker."""
         _api, worker, _validator = stack_commands(self.settings, "127.0.0.1", self.port)
-        self.start("worker", worker)
+        self.start("worker", worker.command, worker.env)
 
     def stop(self) -> None:
         """Stop every process."""
@@ -116,12 +120,15 @@ class StackClient(httpx.Client):
 
 
 @contextmanager
-def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[RunningStack]:
-    """Start the API, a GPU worker and a validation worker with `env`; stop them all at the end."""
+def running_stack(env: dict[str, str], log_dir: Path, gpus: list[str] | None = None) -> Iterator[RunningStack]:
+    """Start the API, a training worker (one per entry of `gpus`) and a validation worker with `env`; stop them
+    all at the end. The first training worker is `worker`, the others `worker-<gpu>`."""
     stack = RunningStack(env, log_dir)
-    names = ("api", "worker", "validator")
-    for name, command in zip(names, stack_commands(stack.settings, "127.0.0.1", stack.port), strict=True):
-        stack.start(name, command)
+    api, *trainers, validator = stack_commands(stack.settings, "127.0.0.1", stack.port, gpus)
+    stack.start("api", api.command)
+    for n, trainer in enumerate(trainers):
+        stack.start("worker" if n == 0 else f"worker-{trainer.name}", trainer.command, trainer.env)
+    stack.start("validator", validator.command)
     try:
         wait_healthy(stack.base_url)
         yield stack

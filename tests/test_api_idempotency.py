@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from shared.auth import create_api_key
 from shared.db import session_scope
-from shared.models import ApiKey, IdempotencyKey, utcnow
+from shared.models import IdempotencyKey, User, utcnow
 
 
 def post(client: TestClient, spec: dict[str, Any], key: str) -> Any:
@@ -59,7 +59,7 @@ def test_keys_are_scoped_to_their_api_key(client: TestClient, env: dict[str, str
 def reserve_by_hand(job_id: str | None, age: timedelta, body_hash: str = "x" * 64) -> None:
     """Put a key in the table as an earlier request would have left it."""
     with session_scope() as session:
-        owner = session.query(ApiKey).one()
+        owner = session.query(User).one()
         record = IdempotencyKey(owner_id=owner.id, key="k", request_hash=body_hash, job_id=job_id)
         record.created_at = utcnow() - age
         session.add(record)
@@ -91,7 +91,7 @@ def test_a_request_that_died_in_flight_releases_its_key_after_a_while(client: Te
 def test_a_key_older_than_a_day_starts_a_new_job(client: TestClient, spec: dict[str, Any]) -> None:
     first = post(client, spec, "k").json()["id"]
     with session_scope() as session:
-        session.get(IdempotencyKey, (session.query(ApiKey).one().id, "k")).created_at = utcnow() - timedelta(hours=25)
+        session.get(IdempotencyKey, (session.query(User).one().id, "k")).created_at = utcnow() - timedelta(hours=25)
         session.commit()
 
     again = post(client, spec, "k")

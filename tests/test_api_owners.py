@@ -6,17 +6,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from shared.auth import create_api_key
-from shared.db import session_scope
-
-
-def client_for(name: str, *, admin: bool = False) -> TestClient:
-    """A client holding a new key."""
-    with session_scope() as session:
-        _key, raw = create_api_key(session=session, name=name, is_admin=admin)
-        session.commit()
-    return TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"})
+from tests.conftest import client_for
 
 
 @pytest.fixture

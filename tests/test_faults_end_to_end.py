@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.jobs import create_job
-from shared.models import ApiKey
+from shared.models import User
 from shared.queue import RUN_JOB_TASK
 from shared.spec import JobSpec
 from tests.conftest import REDIS_URL, clear_caches
@@ -30,9 +30,9 @@ def commit_without_publishing(api: StackClient, spec: dict[str, Any]) -> str:
     """Do what an API that crashed right after its commit did: store the job, send nothing."""
     url = api.stack.settings.db_url
     with session_scope(url) as session:
-        owner = session.scalars(select(ApiKey)).first()
+        owner = session.scalars(select(User)).first()
         assert owner is not None
-        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner_id=owner.id)
+        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner=owner)
         session.commit()
         return job.id
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from shared.attempts import claim_next_job
 from shared.db import session_scope
 from shared.jobs import create_job, get_job, pass_validation
-from shared.models import ApiKey, utcnow
+from shared.models import User, utcnow
 from shared.reconciler import reconcile_once
 from shared.spec import JobSpec
 
@@ -18,8 +18,8 @@ from shared.spec import JobSpec
 def new_job(spec: dict[str, Any], *, validated: bool, age_s: float = 0) -> str:
     """A job committed as the API would (no message sent), optionally past validation."""
     with session_scope() as session:
-        owner = session.scalars(select(ApiKey)).one()
-        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner_id=owner.id)
+        owner = session.scalars(select(User)).one()
+        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner=owner)
         job.created_at = utcnow() - timedelta(seconds=age_s)
         if validated:
             pass_validation(session=session, job_id=job.id, stats={}, planned_steps=1, warnings=[])

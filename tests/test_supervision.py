@@ -12,7 +12,7 @@ from sqlalchemy import select
 from shared.attempts import claim_job, heartbeat, reclaim_expired
 from shared.db import session_scope
 from shared.jobs import cancel_job, create_job, get_job, pass_validation
-from shared.models import ApiKey, JobStatus, utcnow
+from shared.models import JobStatus, User, utcnow
 from shared.spec import JobSpec
 from worker.tasks import _record_exit, supervise
 
@@ -23,8 +23,8 @@ STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); 
 def running_job(env: dict[str, str], api_key: str, spec: dict[str, Any]) -> str:
     """A job claimed by a worker (attempt 1)."""
     with session_scope() as session:
-        owner = session.scalars(select(ApiKey)).one()
-        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner_id=owner.id)
+        owner = session.scalars(select(User)).one()
+        job = create_job(session=session, spec=JobSpec.model_validate(spec), owner=owner)
         pass_validation(session=session, job_id=job.id, stats={}, planned_steps=1, warnings=[])
         assert claim_job(session=session, job_id=job.id, worker="test") == 1
         session.commit()

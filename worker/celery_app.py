@@ -3,4 +3,4 @@
 from shared.queue import make_celery
 
 app = make_celery()
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.registry"]

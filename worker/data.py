@@ -37,7 +37,7 @@ class DatasetStats:
         return asdict(self)
 
 
-def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
+def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None) -> Dataset:
     """Load the dataset split named by the spec (a local file or folder under the roots, or a Hub id)."""
     try:
         if is_file_id(spec.id):
@@ -54,7 +54,7 @@ def load_rows(spec: DatasetSpec, roots: list[Path]) -> Dataset:
                 rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         else:
             refuse_hub_id_shadowed_by_path(spec.id, "dataset.id")
-            rows = load_dataset(spec.id, split=spec.split)
+            rows = load_dataset(spec.id, split=spec.split, token=token)
     except FtqError:
         raise
     except ValueError as exc:

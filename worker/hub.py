@@ -1,7 +1,8 @@
 """Pushes a job's checkpoints and final adapter to its Hugging Face Hub repo.
 
-The token is the server's (`HF_TOKEN` in the worker's environment, read by `huggingface_hub` itself): it is never
-in the spec, the task arguments, the training arguments or a pushed file. Checkpoint pushes run in the
+The token is the job owner's (handed in by the runner), else the team's (`HF_TOKEN` in the worker's environment,
+read by `huggingface_hub` itself): it is never in the spec, the task arguments, the training arguments or a pushed
+file. Checkpoint pushes run in the
 background in order; each commit URL is reported as soon as its upload finishes.
 """
 
@@ -25,12 +26,12 @@ class HubReporter(Protocol):
 class HubPublisher:
     """One job's pushes to one repo."""
 
-    def __init__(self, spec: HubSpec, reporter: HubReporter) -> None:
+    def __init__(self, spec: HubSpec, reporter: HubReporter, token: str | None = None) -> None:
         from huggingface_hub import HfApi
 
         self.spec = spec
         self.reporter = reporter
-        self.api = HfApi()
+        self.api = HfApi(token=token)  # None: huggingface_hub reads HF_TOKEN
         self.pending: list[Future[Any]] = []
 
     def create_repo(self) -> str:

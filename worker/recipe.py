@@ -92,11 +92,14 @@ def _model_source(ref: str, roots: list[Path]) -> str:
     return ref
 
 
-def load_tokenizer(ref: str, roots: list[Path]) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer, padding on the right with EOS as the pad token (as in the course)."""
+def load_tokenizer(ref: str, roots: list[Path], token: str | None = None) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, padding on the right with EOS as the pad token (as in the course).
+
+    `token` reads a gated or private Hub model (None: the environment's `HF_TOKEN`, if any).
+    """
     source = _model_source(ref, roots)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, token=token)
     except (OSError, ValueError) as exc:
         raise JobFailure(
             f"base model {ref!r} not found or has no tokenizer: {exc}",
@@ -109,7 +112,7 @@ def load_tokenizer(ref: str, roots: list[Path]) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_quantized_model(spec: JobSpec, roots: list[Path], device: str) -> PreTrainedModel:
+def load_quantized_model(spec: JobSpec, roots: list[Path], device: str, token: str | None = None) -> PreTrainedModel:
     """The base model, loaded through `from_pretrained` with its Linear layers in 4-bit."""
     ref = spec.base_model
     source = _model_source(ref, roots)
@@ -120,6 +123,7 @@ def load_quantized_model(spec: JobSpec, roots: list[Path], device: str) -> PreTr
             dtype=DTYPES[spec.quantization.compute_dtype],
             device_map={"": device},
             trust_remote_code=False,
+            token=token,
         )
     except OSError as exc:
         raise JobFailure(f"base model {ref!r} not found: {exc}", code="model_not_found", param="base_model") from exc

@@ -32,6 +32,7 @@ from shared.jobs import get_job
 from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
+from worker.credentials import credentials_for
 from worker.errors import classify, is_out_of_memory
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
 
@@ -107,7 +108,8 @@ def run(job_id: str, attempt: int) -> int:
 
     settings = get_settings()
     with session_scope() as session:
-        spec = JobSpec.model_validate(get_job(session=session, job_id=job_id).spec)
+        job = get_job(session=session, job_id=job_id)
+        spec, owner_id = JobSpec.model_validate(job.spec), job.owner_id
     reporter = JobReporter(job_id, attempt)
     job_dir = settings.jobs_dir / job_id
     try:
@@ -118,6 +120,7 @@ def run(job_id: str, attempt: int) -> int:
             reporter,
             job_id=job_id,
             interval_s=settings.progress_interval_s,
+            credentials=credentials_for(owner_id),
         )
     except OperationalError:
         log.exception("job %s attempt %s lost its database; exiting to be queued again", job_id, attempt)

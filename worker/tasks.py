@@ -25,11 +25,13 @@ from shared.attempts import (
 from shared.db import session_scope
 from shared.errors import FtqError, JobFailure
 from shared.jobs import fail_validation, get_job, pass_validation
+from shared.limits import check_planned_limits, user_limits
 from shared.models import JobStatus
 from shared.paths import check_local_refs
 from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
+from shared.users import get_user
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
@@ -173,13 +175,19 @@ def run_job(self: Any, job_id: str) -> None:
     log.info("job %s attempt %s ended (exit code %s)", job_id, attempt, code)
 
 
-def _validate(spec: JobSpec) -> Any:
+def _validate(spec: JobSpec, owner_id: str) -> Any:
+    """Validate as the owner: with their HF token, and within their row and step limits."""
     # Imported here: the training stack loads in the pool child that runs the task, never in the parent.
+    from worker.credentials import credentials_for
     from worker.validation import validate
 
     settings = get_settings()
     check_local_refs(spec, settings.allowed_roots)
-    return validate(spec, settings.allowed_roots, settings.validate_sample_rows)
+    result = validate(spec, settings.allowed_roots, settings.validate_sample_rows, credentials_for(owner_id).hf_token)
+    with session_scope() as session:
+        limits = user_limits(get_user(session=session, user_id=owner_id))
+    check_planned_limits(limits, rows=result.rows, planned_steps=result.planned_steps)
+    return result
 
 
 @app.task(name=VALIDATE_JOB_TASK)
@@ -190,9 +198,9 @@ def validate_job(job_id: str) -> None:
         if job.status is not JobStatus.validating:
             log.info("job %s is %s, not validating; message dropped", job_id, job.status.value)
             return
-        spec = JobSpec.model_validate(job.spec)
+        spec, owner_id = JobSpec.model_validate(job.spec), job.owner_id
     try:
-        result = _validate(spec)
+        result = _validate(spec, owner_id)
     except Exception as exc:  # anything unexpected must end the job too, not leave it validating
         log.exception("validation of job %s failed", job_id)
         with session_scope() as session:
@@ -213,10 +221,11 @@ def validate_job(job_id: str) -> None:
 
 
 @app.task(name=DRY_RUN_TASK, ignore_result=False)
-def dry_run(spec_json: dict[str, Any]) -> dict[str, Any]:
-    """Validate a spec without storing anything; answer its stats and planned steps, or its error."""
+def dry_run(spec_json: dict[str, Any], owner_id: str) -> dict[str, Any]:
+    """Validate a spec as its would-be owner without storing anything; answer its stats and planned steps, or its
+    error."""
     try:
-        result = _validate(JobSpec.model_validate(spec_json))
+        result = _validate(JobSpec.model_validate(spec_json), owner_id)
     except Exception as exc:
         return {"error": classify(exc).as_dict()}
     return {"stats": result.stats, "planned_steps": result.planned_steps, "warnings": result.warnings}

@@ -19,14 +19,19 @@ class WandbReporter(Protocol):
     def wandb(self, run_id: str, url: str | None, directory: str, mode: str) -> None: ...
 
 
-def wandb_mode() -> str:
-    """`WANDB_MODE` if set, else online when an API key is configured, else offline."""
-    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+def wandb_mode(api_key: str | None = None) -> str:
+    """`WANDB_MODE` if set, else online when there is an API key (the owner's or the team's), else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if api_key or os.environ.get("WANDB_API_KEY") else "offline")
 
 
 @contextmanager
-def wandb_run(spec: JobSpec, job_id: str, job_dir: Path, reporter: WandbReporter) -> Iterator[Any]:
-    """Start (or resume) the job's W&B run when the spec asks for one, and finish it however training ends."""
+def wandb_run(
+    spec: JobSpec, job_id: str, job_dir: Path, reporter: WandbReporter, api_key: str | None = None
+) -> Iterator[Any]:
+    """Start (or resume) the job's W&B run when the spec asks for one, and finish it however training ends.
+
+    `api_key` is the owner's; None leaves wandb to read the team's `WANDB_API_KEY`.
+    """
     if spec.wandb is None:
         yield None
         return
@@ -42,7 +47,8 @@ def wandb_run(spec: JobSpec, job_id: str, job_dir: Path, reporter: WandbReporter
         id=job_id,
         resume="allow",
         dir=str(job_dir),
-        mode=wandb_mode(),
+        mode=wandb_mode(api_key),
+        settings=wandb.Settings(api_key=api_key) if api_key else None,
     )
     reporter.wandb(run.id, run.url, str(Path(run.dir).parent), run.settings.mode)
     exit_code = 1

@@ -10,6 +10,7 @@ from transformers import set_seed
 from trl import SFTTrainer
 
 from shared.spec import JobSpec
+from worker.credentials import Credentials
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
@@ -24,6 +25,7 @@ from worker.recipe import (
 from worker.tracking import wandb_run
 
 log = logging.getLogger(__name__)
+NO_CREDENTIALS = Credentials()
 
 
 @dataclass
@@ -69,16 +71,18 @@ def build_trainer(
     job_id: str,
     interval_s: float,
     publisher: HubPublisher | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
 ) -> tuple[CompletionTokenTrainer, DatasetStats]:
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
-    tokenizer = load_tokenizer(spec.base_model, roots)
-    pairs = split_at_template(load_rows(spec.dataset, roots), spec.dataset)
+    hf_token = credentials.hf_token
+    tokenizer = load_tokenizer(spec.base_model, roots, hf_token)
+    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
     train_set, stats = tokenize_pairs(pairs, tokenizer, spec.hyperparameters.max_length)
     reporter.stats(stats)
     # Seed before the LoRA layers are created: their random init is part of what `seed` makes reproducible.
     set_seed(spec.hyperparameters.seed)
     device = pick_device()
-    model = load_quantized_model(spec, roots, device)
+    model = load_quantized_model(spec, roots, device, hf_token)
     run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
     args = build_sft_config(
         spec.hyperparameters,
@@ -103,19 +107,33 @@ def build_trainer(
 
 
 def train(
-    spec: JobSpec, job_dir: Path, roots: list[Path], reporter: Reporter, *, job_id: str, interval_s: float
+    spec: JobSpec,
+    job_dir: Path,
+    roots: list[Path],
+    reporter: Reporter,
+    *,
+    job_id: str,
+    interval_s: float,
+    credentials: Credentials = NO_CREDENTIALS,
 ) -> Outcome:
     """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one."""
-    publisher = HubPublisher(spec.hub, reporter) if spec.hub else None
+    publisher = HubPublisher(spec.hub, reporter, credentials.hf_token) if spec.hub else None
     if publisher is not None:
         publisher.create_repo()  # before any GPU time: a bad token or repo fails the job now
     trainer, stats = build_trainer(
-        spec, job_dir, roots, reporter, job_id=job_id, interval_s=interval_s, publisher=publisher
+        spec,
+        job_dir,
+        roots,
+        reporter,
+        job_id=job_id,
+        interval_s=interval_s,
+        publisher=publisher,
+        credentials=credentials,
     )
     resume_from = last_complete_checkpoint(job_dir / "checkpoints")
     if resume_from is not None:
         reporter.log(f"resuming from {resume_from.name}", {"checkpoint": resume_from.name})
-    with wandb_run(spec, job_id, job_dir, reporter):
+    with wandb_run(spec, job_id, job_dir, reporter, credentials.wandb_api_key):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
     if progress.stopped:

@@ -21,6 +21,7 @@ class Validation:
     stats: dict[str, Any]
     planned_steps: int
     warnings: list[str]
+    rows: int = 0  # all the rows the job would train on (the stats may be of a sample)
 
 
 def planned_steps(rows: int, hp: Hyperparameters) -> int:
@@ -41,10 +42,11 @@ def _check_lengths(stats: DatasetStats, sample: int, max_length: int) -> None:
         )
 
 
-def validate(spec: JobSpec, roots: list[Path], sample_rows: int) -> Validation:
+def validate(spec: JobSpec, roots: list[Path], sample_rows: int, hf_token: str | None = None) -> Validation:
     """Validate a spec's model and data; raises JobFailure with the code and field at fault."""
-    tokenizer = load_tokenizer(spec.base_model, roots)
-    pairs = split_at_template(load_rows(spec.dataset, roots), spec.dataset)  # every row: the template check is cheap
+    tokenizer = load_tokenizer(spec.base_model, roots, hf_token)
+    # Every row: the template check is cheap.
+    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
     total = len(pairs)
     sample = pairs.select(range(min(total, sample_rows)))
     _tokenized, stats = tokenize_pairs(sample, tokenizer, spec.hyperparameters.max_length)
@@ -59,4 +61,4 @@ def validate(spec: JobSpec, roots: list[Path], sample_rows: int) -> Validation:
     if len(sample) < total:
         summary["sampled_rows"] = len(sample)
     steps = planned_steps(max(round(total * kept_share), 1), spec.hyperparameters)
-    return Validation(stats=summary, planned_steps=steps, warnings=warnings)
+    return Validation(stats=summary, planned_steps=steps, warnings=warnings, rows=total)

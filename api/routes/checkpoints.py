@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentKey, SessionDep, owner_scope
+from api.deps import CurrentUser, SessionDep, owner_scope
 from api.schemas import CheckpointList, CheckpointRead
 from shared.artifacts import ADAPTER_FILE_PATTERNS
 from shared.errors import JobNotFound
@@ -17,9 +17,9 @@ router = APIRouter(prefix="/jobs", tags=["checkpoints"])
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-def list_job_checkpoints(job_id: str, session: SessionDep, key: CurrentKey) -> CheckpointList:
+def list_job_checkpoints(job_id: str, session: SessionDep, user: CurrentUser) -> CheckpointList:
     """List a job's complete checkpoints by step."""
-    get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     data = [
         CheckpointRead(
             step=c.step,
@@ -72,18 +72,18 @@ def _archive_response(directory: Path, name: str) -> StreamingResponse:
 
 
 @router.get("/{job_id}/checkpoints/{step}/download", response_class=StreamingResponse)
-def download_checkpoint(job_id: str, step: int, session: SessionDep, key: CurrentKey) -> StreamingResponse:
+def download_checkpoint(job_id: str, step: int, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Download the adapter of one checkpoint as a .tar.gz archive."""
-    get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     checkpoint = get_checkpoint(session=session, job_id=job_id, step=step)
     session.close()  # the download may be long: give the connection back first
     return _archive_response(Path(checkpoint.path), f"{job_id}-step-{step}")
 
 
 @router.get("/{job_id}/adapter/download", response_class=StreamingResponse)
-def download_adapter(job_id: str, session: SessionDep, key: CurrentKey) -> StreamingResponse:
+def download_adapter(job_id: str, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Download the final adapter and tokenizer of a succeeded job as a .tar.gz archive."""
-    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     adapter = (job.result or {}).get("adapter_path")
     if not adapter:
         raise JobNotFound(f"job {job_id} has no final adapter (status {job.status.value})", param="job_id")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentKey, SessionDep, owner_scope
+from api.deps import CurrentUser, SessionDep, owner_scope
 from api.schemas import EventList, EventRead
 from shared.db import session_scope
 from shared.events import list_events
@@ -24,12 +24,12 @@ STREAM_BATCH = 200
 def list_job_events(
     job_id: str,
     session: SessionDep,
-    key: CurrentKey,
+    user: CurrentUser,
     after: Annotated[int | None, Query(ge=0, description="Id of the last event already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
 ) -> EventList:
     """List a job's events, oldest first."""
-    get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     events, has_more = list_events(session=session, job_id=job_id, after=after, limit=limit)
     return EventList(data=[EventRead.model_validate(e) for e in events], has_more=has_more)
 
@@ -54,12 +54,12 @@ def stream_job_events(
     job_id: str,
     request: Request,
     session: SessionDep,
-    key: CurrentKey,
+    user: CurrentUser,
     last_event_id: Annotated[int | None, Header(ge=0, description="Resume after this event id.")] = None,
     after: Annotated[int | None, Query(ge=0, description="Start after this event id.")] = None,
 ) -> StreamingResponse:
     """Stream a job's events as they happen; the stream ends after the job's last event."""
-    get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     session.close()  # the stream may last hours: give the connection back; each poll opens its own session
 
     async def events() -> AsyncIterator[str]:

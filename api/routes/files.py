@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Header, UploadFile, status
 
-from api.deps import CurrentKey, SessionDep, SettingsDep, owner_scope
+from api.deps import CurrentUser, SessionDep, SettingsDep, owner_scope
 from api.schemas import FileList, FileRead
 from shared.files import FileTooLarge, delete_file, get_file, list_files, store_upload
 
@@ -16,7 +16,7 @@ def upload_file(
     file: Annotated[UploadFile, File(description="A .jsonl, .csv or .parquet dataset.")],
     session: SessionDep,
     settings: SettingsDep,
-    key: CurrentKey,
+    user: CurrentUser,
     content_length: Annotated[int | None, Header()] = None,
 ) -> FileRead:
     """Upload a dataset file; use its id as `dataset.id` in a job spec."""
@@ -25,7 +25,7 @@ def upload_file(
         raise FileTooLarge(f"the file is over the {settings.max_upload_mb} MB limit", param="file")
     record = store_upload(
         session=session,
-        owner_id=key.id,
+        owner_id=user.id,
         filename=file.filename or "upload",
         source=file.file,
         uploads_dir=settings.uploads_dir,
@@ -36,20 +36,20 @@ def upload_file(
 
 
 @router.get("", response_model=FileList)
-def list_uploaded_files(session: SessionDep, key: CurrentKey) -> FileList:
+def list_uploaded_files(session: SessionDep, user: CurrentUser) -> FileList:
     """List uploaded files, newest first."""
-    return FileList(data=[FileRead.model_validate(f) for f in list_files(session=session, owner_id=owner_scope(key))])
+    return FileList(data=[FileRead.model_validate(f) for f in list_files(session=session, owner_id=owner_scope(user))])
 
 
 @router.get("/{file_id}", response_model=FileRead)
-def read_uploaded_file(file_id: str, session: SessionDep, key: CurrentKey) -> FileRead:
+def read_uploaded_file(file_id: str, session: SessionDep, user: CurrentUser) -> FileRead:
     """Get one uploaded file's metadata."""
-    return FileRead.model_validate(get_file(session=session, file_id=file_id, owner_id=owner_scope(key)))
+    return FileRead.model_validate(get_file(session=session, file_id=file_id, owner_id=owner_scope(user)))
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_uploaded_file(file_id: str, session: SessionDep, key: CurrentKey) -> None:
+def delete_uploaded_file(file_id: str, session: SessionDep, user: CurrentUser) -> None:
     """Delete a file no unfinished job reads (409 otherwise)."""
-    path = delete_file(session=session, file_id=file_id, owner_id=owner_scope(key))
+    path = delete_file(session=session, file_id=file_id, owner_id=owner_scope(user))
     session.commit()
     path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Fine-tune jobs: create, list, read."""
+"""Fine-tune jobs: create, list, read, cancel, reprioritize."""
 
 import logging
 from typing import Annotated
@@ -6,16 +6,18 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentKey, SessionDep, SettingsDep, owner_scope
-from api.schemas import DryRun, JobList, JobRead, Stats
+from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, owner_scope
+from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import complete_key, release_key, request_hash, reserve_key
-from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, queue_positions
-from shared.models import Job, JobStatus
+from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, set_job_priority
+from shared.limits import check_queue_limit, check_rows_limit, check_spec_limits, user_limits
+from shared.models import Job, JobStatus, User
 from shared.paths import check_local_refs
 from shared.queue import enqueue_validation, run_dry_run
+from shared.scheduling import queue_positions
 from shared.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def create_fine_tune_job(
     spec: JobSpec,
     session: SessionDep,
     settings: SettingsDep,
-    key: CurrentKey,
+    user: CurrentUser,
     response: Response,
     dry_run: Annotated[bool, Query(description="Validate and plan only: nothing is stored or queued.")] = False,
     idempotency_key: Annotated[
@@ -61,33 +63,39 @@ def create_fine_tune_job(
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
-    check_dataset_file(session=session, ref=spec.dataset.id, owner_id=owner_scope(key))
+    uploaded = check_dataset_file(session=session, ref=spec.dataset.id, owner_id=owner_scope(user))
+    limits = user_limits(user)
+    check_spec_limits(limits, spec)
+    if uploaded is not None and uploaded.rows is not None:
+        check_rows_limit(limits, spec, uploaded.rows)
     if dry_run:
         response.status_code = status.HTTP_200_OK
-        return _dry_run(spec, settings.dry_run_timeout_s)
+        return _dry_run(spec, user.id, settings.dry_run_timeout_s)
     if idempotency_key is not None:
         fingerprint = request_hash(spec.model_dump(mode="json"))
-        earlier = reserve_key(session=session, owner_id=key.id, key=idempotency_key, fingerprint=fingerprint)
+        earlier = reserve_key(session=session, owner_id=user.id, key=idempotency_key, fingerprint=fingerprint)
         if earlier is not None:
             response.headers["Idempotent-Replayed"] = "true"
-            return read_fine_tune_job(earlier, session, key)
-    job = _store_job(session, spec, key.id, idempotency_key)
+            return read_fine_tune_job(earlier, session, user)
+    check_queue_limit(session, user, limits)
+    job = _store_job(session, spec, user, idempotency_key)
     try:
         enqueue_validation(job.id)
     except Exception as exc:
         log.exception("enqueue of %s failed", job.id)
         fail_job_unqueued(session=session, job_id=job.id, message=f"could not reach the queue: {type(exc).__name__}")
         if idempotency_key is not None:  # a retry after this 503 must create a job, not replay the failed one
-            release_key(session=session, owner_id=key.id, key=idempotency_key)
+            release_key(session=session, owner_id=user.id, key=idempotency_key)
         session.commit()
         raise QueueUnavailable("the job queue is unavailable; the job was not started", param=None) from exc
     return JobRead.from_job(job)
 
 
-def _store_job(session: Session, spec: JobSpec, owner_id: str, idempotency_key: str | None) -> Job:
+def _store_job(session: Session, spec: JobSpec, owner: User, idempotency_key: str | None) -> Job:
     """Create and commit the job (bound to its idempotency key), before anything is enqueued."""
+    owner_id = owner.id
     try:
-        job = create_job(session=session, spec=spec, owner_id=owner_id)
+        job = create_job(session=session, spec=spec, owner=owner)
         if idempotency_key is not None:
             complete_key(session=session, owner_id=owner_id, key=idempotency_key, job_id=job.id)
         session.commit()
@@ -100,9 +108,9 @@ def _store_job(session: Session, spec: JobSpec, owner_id: str, idempotency_key: 
     return job
 
 
-def _dry_run(spec: JobSpec, timeout_s: float) -> DryRun:
+def _dry_run(spec: JobSpec, owner_id: str, timeout_s: float) -> DryRun:
     try:
-        answer = run_dry_run(spec.model_dump(mode="json"), timeout_s)
+        answer = run_dry_run(spec.model_dump(mode="json"), owner_id, timeout_s)
     except TimeoutError as exc:
         raise ValidationTimeout(str(exc)) from exc
     except Exception as exc:
@@ -118,27 +126,35 @@ def _dry_run(spec: JobSpec, timeout_s: float) -> DryRun:
 @router.get("", response_model=JobList)
 def list_fine_tune_jobs(
     session: SessionDep,
-    key: CurrentKey,
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[str | None, Query(max_length=64, description="Id of the last job of the previous page.")] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
-    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_scope(key))
+    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_scope(user))
     places = queue_positions(session=session)
     return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def read_fine_tune_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobRead:
+def read_fine_tune_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(key))
+    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     return JobRead.from_job(job, queue_positions(session=session).get(job.id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_fine_tune_job(job_id: str, session: SessionDep, key: CurrentKey) -> JobRead:
+def cancel_fine_tune_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step (409 once it has ended)."""
-    job = cancel_job(session=session, job=get_job(session=session, job_id=job_id, owner_id=owner_scope(key)))
+    job = cancel_job(session=session, job=get_job(session=session, job_id=job_id, owner_id=owner_scope(user)))
     session.commit()
     return JobRead.from_job(job)
+
+
+@router.patch("/{job_id}", response_model=JobRead)
+def update_fine_tune_job(job_id: str, patch: JobPatch, session: SessionDep, _admin: AdminUser) -> JobRead:
+    """Change a job's priority (admins only): higher starts sooner among jobs of equal fair share."""
+    job = set_job_priority(session=session, job=get_job(session=session, job_id=job_id), priority=patch.priority)
+    session.commit()
+    return JobRead.from_job(job, queue_positions(session=session).get(job.id))

@@ -1,0 +1,69 @@
+"""The worker registry: each worker process writes its row on start, every heartbeat, and on stop.
+
+`GET /workers` reads it; a worker's current job is the live job that names it (`Job.worker`).
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Job, JobStatus, Worker, utcnow
+
+LIVE = (JobStatus.running, JobStatus.cancelling)
+
+
+def register_worker(
+    *, session: Session, name: str, kind: str, hostname: str, gpu: str | None, gpu_name: str | None, pid: int
+) -> Worker:
+    """Write (or rewrite, on a restart under the same name) a worker's row."""
+    now = utcnow()
+    worker = session.get(Worker, name)
+    if worker is None:
+        worker = Worker(name=name)
+        session.add(worker)
+    worker.kind, worker.hostname, worker.gpu, worker.gpu_name, worker.pid = kind, hostname, gpu, gpu_name, pid
+    worker.started_at, worker.heartbeat_at, worker.stopped_at = now, now, None
+    session.flush()
+    return worker
+
+
+def beat_worker(*, session: Session, name: str, pid: int) -> bool:
+    """Record that the worker is alive; False if its row now belongs to another process of the same name."""
+    result = session.execute(
+        update(Worker)
+        .where(Worker.name == name, Worker.pid == pid)
+        .values(heartbeat_at=utcnow(), stopped_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def stop_worker(*, session: Session, name: str, pid: int) -> None:
+    """Mark a worker stopped (a clean shutdown)."""
+    session.execute(
+        update(Worker)
+        .where(Worker.name == name, Worker.pid == pid)
+        .values(stopped_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+WorkerState = Literal["online", "offline", "stopped"]
+
+
+def worker_state(worker: Worker, now: datetime, stale_after_s: float) -> WorkerState:
+    """`online`, `offline` (no heartbeat for `stale_after_s`) or `stopped`."""
+    if worker.stopped_at is not None:
+        return "stopped"
+    beat = worker.heartbeat_at.replace(tzinfo=UTC) if worker.heartbeat_at.tzinfo is None else worker.heartbeat_at
+    return "online" if now - beat <= timedelta(seconds=stale_after_s) else "offline"
+
+
+def list_workers(*, session: Session) -> list[tuple[Worker, Job | None]]:
+    """Every worker ever seen, GPU workers first, with the live job it holds."""
+    workers = list(session.scalars(select(Worker).order_by(Worker.kind, Worker.name)))
+    jobs = session.scalars(select(Job).where(Job.status.in_(LIVE), Job.worker.in_([w.name for w in workers])))
+    holding = {job.worker: job for job in jobs}
+    return [(worker, holding.get(worker.name)) for worker in workers]
