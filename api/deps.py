@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -14,6 +14,12 @@ from shared.db import get_sessionmaker
 from shared.errors import FtqError
 from shared.models import ApiKey, User
 from shared.settings import Settings, get_settings
+
+# Ids are ours (`ftjob-...`, `file-...`); anything else cannot name a resource, so it is a 422, not a lookup.
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id, `ftjob-...`.")]
+FileId = Annotated[str, Path(pattern=ID_PATTERN, description="An uploaded file's id, `file-...`.")]
+UserName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.@-]{1,128}$", description="A user's name.")]
 
 bearer = HTTPBearer(auto_error=False, description="An ftq API key: `Authorization: Bearer ftq_...`")
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,6 +58,14 @@ async def handle_unexpected_error(_request: Request, exc: Exception) -> JSONResp
     log.exception("unhandled error", exc_info=exc)
     error = {"code": "internal_error", "message": "an unexpected error occurred; it has been logged", "param": None}
     return JSONResponse(status_code=500, content={"error": error})
+
+
+async def handle_unstorable_value(_request: Request, exc: DataError) -> JSONResponse:
+    """A value the database cannot store (a NUL character, a number out of range) that validation let through:
+    the request's fault, so a 422, not a 500."""
+    log.warning("database refused a request value: %s", type(exc.orig).__name__)
+    error = {"code": "invalid_value", "message": "a request value cannot be stored (NUL character or out of range)"}
+    return JSONResponse(status_code=422, content={"error": {**error, "param": None}})
 
 
 async def handle_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -109,6 +117,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DataError, handle_unstorable_value)  # type: ignore[arg-type]
     for error in (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError):
         app.add_exception_handler(error, handle_database_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, handle_unexpected_error)

@@ -15,6 +15,9 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+# Integer parameters compared with database columns must fit them (PostgreSQL refuses larger values).
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
 
 
 class Progress(BaseModel):
@@ -80,6 +83,7 @@ class JobRead(BaseModel):
     result: Result
     error: ErrorInfo | None
     attempt: int
+    worker: str | None = Field(None, description="The worker (e.g. `gpu0@host`) running or that last ran the job.")
     preemptions: int = Field(0, description="Times a shutting-down worker handed the job back (not failures).")
     metadata: dict[str, str]
     owner: str = Field(..., description="Name of the user who submitted the job.")
@@ -106,6 +110,7 @@ class JobRead(BaseModel):
             result=Result.model_validate(job.result or {}),
             error=error,
             attempt=job.attempt,
+            worker=job.worker,
             preemptions=job.preemptions,
             metadata=job.metadata_ or {},
             owner=job.owner.name,

@@ -22,10 +22,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key for a user (made if new) and print it once."""
     from shared.auth import create_api_key
     from shared.db import session_scope
+    from shared.errors import FtqError
 
     _use_data_dir(args)
     with session_scope() as session:
-        key, raw = create_api_key(session=session, name=args.name, is_admin=args.admin)
+        try:
+            key, raw = create_api_key(session=session, name=args.name, is_admin=args.admin)
+        except FtqError as exc:
+            print(f"ftq keys create: {exc.message}")
+            return 1
         session.commit()
         admin = "  (admin)" if key.user.is_admin else ""
     print(f"{key.id}  {key.prefix}  user {args.name}{admin}\n{raw}")

@@ -43,10 +43,28 @@ def check_ref(ref: str) -> str:
     return ref
 
 
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    return False
+
+
 class Strict(BaseModel):
-    """Spec sections refuse unknown fields and are immutable once validated."""
+    """Spec sections refuse unknown fields and NUL characters, and are immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # PostgreSQL cannot store a NUL character in text, and no path, id or name needs one.
+        if _contains_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class DatasetSpec(Strict):

@@ -1,11 +1,12 @@
 """Users: who owns jobs, files, keys and tokens, with their admin flag, priority and limits."""
 
+import re
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.errors import FtqError
+from shared.errors import FtqError, InvalidInput
 from shared.limits import UserLimits
 from shared.models import Job, JobStatus, User
 
@@ -17,8 +18,13 @@ class UserNotFound(FtqError):
     code = "not_found"
 
 
+USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
 def get_or_create_user(*, session: Session, name: str, is_admin: bool = False) -> User:
     """The user called `name`, made if new; `is_admin=True` also makes an existing user an admin."""
+    if not USER_NAME.match(name):
+        raise InvalidInput(f"a user name is 1-128 letters, digits and _.@- (got {name!r})", param="name")
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         user = User(name=name, is_admin=is_admin, limits={})

@@ -45,9 +45,9 @@ def test_the_same_key_with_another_body_is_422(client: TestClient, spec: dict[st
     assert len(job_ids(client)) == 1
 
 
-def test_keys_are_scoped_to_their_api_key(client: TestClient, env: dict[str, str], spec: dict[str, Any]) -> None:
+def test_keys_are_scoped_to_their_user(client: TestClient, env: dict[str, str], spec: dict[str, Any]) -> None:
     with session_scope() as session:
-        _other, raw = create_api_key(session=session, name="someone else")
+        _other, raw = create_api_key(session=session, name="someone-else")
         session.commit()
     mine = post(client, spec, "shared-key").json()["id"]
     with TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"}) as other:

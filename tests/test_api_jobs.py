@@ -199,3 +199,39 @@ def test_healthz_and_openapi_describe_every_spec_field(client: TestClient) -> No
     for name in ("JobSpec", "Hyperparameters", "LoraSpec", "QuantizationSpec", "DatasetSpec", "HubSpec", "WandbSpec"):
         for field, schema in schemas[name]["properties"].items():
             assert schema.get("description"), f"{name}.{field} has no description"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"metadata": {"team": "a\x00b"}}, "metadata"),
+        ({"dataset": {"id": "x", "split": "tr\x00ain"}}, "dataset.split"),
+    ],
+)
+def test_a_nul_character_in_a_spec_is_a_422_on_its_field(
+    client: TestClient, spec: dict[str, Any], change: dict[str, Any], param: str
+) -> None:
+    response = client.post("/jobs", json={**spec, **change})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == param
+    assert client.get("/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize("path", ["/jobs/a%00b", "/jobs/a b", "/jobs/" + "x" * 65, "/files/a%00b"])
+def test_an_id_that_cannot_be_ours_is_a_422_naming_it(client: TestClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] in ("job_id", "file_id")
+
+
+def test_numbers_beyond_the_database_are_refused_not_crashed_on(client: TestClient, spec: dict[str, Any]) -> None:
+    job_id = client.post("/jobs", json=spec).json()["id"]
+
+    step = client.get(f"/jobs/{job_id}/checkpoints/{2**40}/download")
+    after = client.get(f"/jobs/{job_id}/events", params={"after": 2**70})
+    resume = client.get(f"/jobs/{job_id}/events/stream", headers={"Last-Event-ID": str(2**70)})
+
+    assert [r.status_code for r in (step, after, resume)] == [422, 422, 422]
+    assert [r.json()["error"]["param"] for r in (step, after, resume)] == ["step", "after", "last-event-id"]

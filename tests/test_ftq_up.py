@@ -11,7 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import OFFLINE, free_port, stop_process_group, wait_for_end, wait_healthy
+from tests.services import (
+    OFFLINE,
+    TERMINAL,
+    free_port,
+    stop_process_group,
+    trainer_pids,
+    wait_for_end,
+    wait_healthy,
+    wait_until,
+)
 
 pytestmark = pytest.mark.training
 
@@ -33,11 +42,11 @@ def processes_with_data_dir(data_dir: Path) -> list[int]:
     return pids
 
 
-def start_up(data_dir: Path, port: int, local_root: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Run `ftq up` with no DATABASE_URL or BROKER_URL, as on a laptop; its output goes to `log`."""
+def start_up(data_dir: Path, port: int, local_root: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Run `ftq up ARGS` with no DATABASE_URL or BROKER_URL, as on a laptop; its output goes to `log`."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "FTQ_QUEUE")}
-    env.update(OFFLINE, FTQ_LOCAL_ROOTS=str(local_root), FTQ_PROGRESS_INTERVAL="0.2")
-    command = [sys.executable, "-m", "ftq.cli", "up", "--data-dir", str(data_dir), "--port", str(port)]
+    env.update(OFFLINE, FTQ_LOCAL_ROOTS=str(local_root), FTQ_PROGRESS_INTERVAL="0.2", FTQ_WORKER_HEARTBEAT="1")
+    command = [sys.executable, "-m", "ftq.cli", "up", "--data-dir", str(data_dir), "--port", str(port), *args]
     with open(log, "wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -77,3 +86,56 @@ def test_ftq_up_runs_a_job_on_embedded_parts_and_stops_every_child(
     while processes_with_data_dir(data_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_with_data_dir(data_dir) == []
+
+
+def _visible_devices(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    found = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"CUDA_VISIBLE_DEVICES=")]
+    return found[0] if found else None
+
+
+def test_ftq_up_gpus_runs_one_pinned_worker_per_gpu_and_two_jobs_at_once(
+    tmp_path: Path, local_root: Path, tiny_model: Path, train_file: Path
+) -> None:
+    data_dir, port = tmp_path / "ftq-data", free_port()
+    up = start_up(data_dir, port, local_root, tmp_path / "up.log", "--gpus", "0,1")
+    spec = {
+        "base_model": str(tiny_model),
+        "dataset": {"id": str(train_file)},
+        "hyperparameters": {"batch_size": 4, "max_steps": 8, "max_length": 320},
+    }
+    pinned: dict[str, set[str | None]] = {}
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url)
+        key = (data_dir / "admin.key").read_text().strip()
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as client:
+
+            def gpu_workers() -> list[dict[str, object]]:
+                return [w for w in client.get("/workers").json()["data"] if w["kind"] == "gpu"]
+
+            wait_until(lambda: sum(w["state"] == "online" for w in gpu_workers()) == 2, 60, "two GPU workers")
+            workers = gpu_workers()
+            ids = [client.post("/jobs", json=spec).json()["id"] for _ in range(2)]
+            while not all(client.get(f"/jobs/{j}").json()["status"] in TERMINAL for j in ids):
+                for job_id in ids:
+                    for pid in trainer_pids(job_id):
+                        pinned.setdefault(job_id, set()).add(_visible_devices(pid))
+                time.sleep(0.1)
+            jobs = [wait_for_end(client, job_id) for job_id in ids]
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
+    finally:
+        stop_process_group(up)
+
+    assert sorted((str(w["name"]).split("@")[0], w["gpu"]) for w in workers) == [("gpu0", "0"), ("gpu1", "1")]
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
+    assert {str(j["worker"]).split("@")[0] for j in jobs} == {"gpu0", "gpu1"}, "one job on each GPU worker"
+    first, second = jobs
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"], "at once"
+    for job in jobs:
+        gpu = str(job["worker"]).split("@")[0].removeprefix("gpu")
+        assert pinned[job["id"]] == {gpu}, "each trainer sees only its worker's GPU"

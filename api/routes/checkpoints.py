@@ -3,21 +3,24 @@
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentUser, SessionDep, owner_scope
-from api.schemas import CheckpointList, CheckpointRead
+from api.deps import CurrentUser, JobId, SessionDep, owner_scope
+from api.errors_doc import COMMON, errors
+from api.schemas import MAX_INT32, CheckpointList, CheckpointRead
 from shared.artifacts import ADAPTER_FILE_PATTERNS
 from shared.errors import JobNotFound
 from shared.jobs import get_checkpoint, get_job, list_checkpoints
 
-router = APIRouter(prefix="/jobs", tags=["checkpoints"])
+router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=errors(*COMMON))
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
-def list_job_checkpoints(job_id: str, session: SessionDep, user: CurrentUser) -> CheckpointList:
+@router.get("/{job_id}/checkpoints", responses=errors(404), response_model=CheckpointList)
+def list_job_checkpoints(job_id: JobId, session: SessionDep, user: CurrentUser) -> CheckpointList:
     """List a job's complete checkpoints by step."""
     get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     data = [
@@ -71,8 +74,13 @@ def _archive_response(directory: Path, name: str) -> StreamingResponse:
     return StreamingResponse(_tar_gz(files, name), media_type="application/gzip", headers=headers)
 
 
-@router.get("/{job_id}/checkpoints/{step}/download", response_class=StreamingResponse)
-def download_checkpoint(job_id: str, step: int, session: SessionDep, user: CurrentUser) -> StreamingResponse:
+@router.get("/{job_id}/checkpoints/{step}/download", responses=errors(404), response_class=StreamingResponse)
+def download_checkpoint(
+    job_id: JobId,
+    step: Annotated[int, PathParam(ge=0, le=MAX_INT32, description="The checkpoint's step.")],
+    session: SessionDep,
+    user: CurrentUser,
+) -> StreamingResponse:
     """Download the adapter of one checkpoint as a .tar.gz archive."""
     get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     checkpoint = get_checkpoint(session=session, job_id=job_id, step=step)
@@ -80,8 +88,8 @@ def download_checkpoint(job_id: str, step: int, session: SessionDep, user: Curre
     return _archive_response(Path(checkpoint.path), f"{job_id}-step-{step}")
 
 
-@router.get("/{job_id}/adapter/download", response_class=StreamingResponse)
-def download_adapter(job_id: str, session: SessionDep, user: CurrentUser) -> StreamingResponse:
+@router.get("/{job_id}/adapter/download", responses=errors(404), response_class=StreamingResponse)
+def download_adapter(job_id: JobId, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Download the final adapter and tokenizer of a succeeded job as a .tar.gz archive."""
     job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     adapter = (job.result or {}).get("adapter_path")

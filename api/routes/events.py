@@ -8,24 +8,25 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentUser, SessionDep, owner_scope
-from api.schemas import EventList, EventRead
+from api.deps import CurrentUser, JobId, SessionDep, owner_scope
+from api.errors_doc import COMMON, errors
+from api.schemas import MAX_INT64, EventList, EventRead
 from shared.db import session_scope
 from shared.events import list_events
 from shared.jobs import get_job
 
-router = APIRouter(prefix="/jobs", tags=["events"])
+router = APIRouter(prefix="/jobs", tags=["events"], responses=errors(*COMMON))
 STREAM_POLL_S = 0.5
 KEEPALIVE_S = 15.0
 STREAM_BATCH = 200
 
 
-@router.get("/{job_id}/events", response_model=EventList)
+@router.get("/{job_id}/events", responses=errors(404), response_model=EventList)
 def list_job_events(
-    job_id: str,
+    job_id: JobId,
     session: SessionDep,
     user: CurrentUser,
-    after: Annotated[int | None, Query(ge=0, description="Id of the last event already seen.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT64, description="Id of the last event already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
 ) -> EventList:
     """List a job's events, oldest first."""
@@ -34,7 +35,7 @@ def list_job_events(
     return EventList(data=[EventRead.model_validate(e) for e in events], has_more=has_more)
 
 
-def _next_events(job_id: str, after: int | None) -> tuple[list[EventRead], bool]:
+def _next_events(job_id: JobId, after: int | None) -> tuple[list[EventRead], bool]:
     with session_scope() as session:
         events, _more = list_events(session=session, job_id=job_id, after=after, limit=STREAM_BATCH)
         ended = get_job(session=session, job_id=job_id).status.is_terminal
@@ -48,15 +49,18 @@ def _sse(event: EventRead) -> str:
 @router.get(
     "/{job_id}/events/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events, one per job event."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events, one per job event."},
+        **errors(404),
+    },
 )
 def stream_job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    last_event_id: Annotated[int | None, Header(ge=0, description="Resume after this event id.")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this event id.")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_INT64, description="Resume after this event id.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT64, description="Start after this event id.")] = None,
 ) -> StreamingResponse:
     """Stream a job's events as they happen; the stream ends after the job's last event."""
     get_job(session=session, job_id=job_id, owner_id=owner_scope(user))

@@ -4,14 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Header, UploadFile, status
 
-from api.deps import CurrentUser, SessionDep, SettingsDep, owner_scope
+from api.deps import CurrentUser, FileId, SessionDep, SettingsDep, owner_scope
+from api.errors_doc import COMMON, errors
 from api.schemas import FileList, FileRead
 from shared.files import FileTooLarge, delete_file, get_file, list_files, store_upload
 
-router = APIRouter(prefix="/files", tags=["files"])
+router = APIRouter(prefix="/files", tags=["files"], responses=errors(*COMMON))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=FileRead)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413), response_model=FileRead)
 def upload_file(
     file: Annotated[UploadFile, File(description="A .jsonl, .csv or .parquet dataset.")],
     session: SessionDep,
@@ -41,14 +42,14 @@ def list_uploaded_files(session: SessionDep, user: CurrentUser) -> FileList:
     return FileList(data=[FileRead.model_validate(f) for f in list_files(session=session, owner_id=owner_scope(user))])
 
 
-@router.get("/{file_id}", response_model=FileRead)
-def read_uploaded_file(file_id: str, session: SessionDep, user: CurrentUser) -> FileRead:
+@router.get("/{file_id}", responses=errors(404), response_model=FileRead)
+def read_uploaded_file(file_id: FileId, session: SessionDep, user: CurrentUser) -> FileRead:
     """Get one uploaded file's metadata."""
     return FileRead.model_validate(get_file(session=session, file_id=file_id, owner_id=owner_scope(user)))
 
 
-@router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_uploaded_file(file_id: str, session: SessionDep, user: CurrentUser) -> None:
+@router.delete("/{file_id}", responses=errors(404), status_code=status.HTTP_204_NO_CONTENT)
+def delete_uploaded_file(file_id: FileId, session: SessionDep, user: CurrentUser) -> None:
     """Delete a file no unfinished job reads (409 otherwise)."""
     path = delete_file(session=session, file_id=file_id, owner_id=owner_scope(user))
     session.commit()

@@ -4,8 +4,9 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from api.deps import SessionDep
+from api.errors_doc import errors
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=errors(500, 503))
 
 
 @router.get("/healthz")

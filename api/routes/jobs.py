@@ -6,7 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, owner_scope
+from api.deps import ID_PATTERN, AdminUser, CurrentUser, JobId, SessionDep, SettingsDep, owner_scope
+from api.errors_doc import COMMON, errors
 from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
@@ -21,7 +22,7 @@ from shared.scheduling import queue_positions
 from shared.spec import JobSpec
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=errors(*COMMON))
 
 
 class QueueUnavailable(FtqError):
@@ -42,7 +43,10 @@ class ValidationTimeout(FtqError):
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobRead | DryRun,
-    responses={200: {"model": DryRun, "description": "Dry run: the resolved spec, stats and planned steps."}},
+    responses={
+        200: {"model": DryRun, "description": "Dry run: the resolved spec, stats and planned steps."},
+        **errors(504),
+    },
 )
 def create_fine_tune_job(
     spec: JobSpec,
@@ -128,7 +132,9 @@ def list_fine_tune_jobs(
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="Id of the last job of the previous page.")] = None,
+    after: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="Id of the last job of the previous page.")
+    ] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
@@ -137,23 +143,23 @@ def list_fine_tune_jobs(
     return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
-@router.get("/{job_id}", response_model=JobRead)
-def read_fine_tune_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobRead:
+@router.get("/{job_id}", responses=errors(404), response_model=JobRead)
+def read_fine_tune_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
     job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
     return JobRead.from_job(job, queue_positions(session=session).get(job.id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_fine_tune_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobRead:
+@router.post("/{job_id}/cancel", responses=errors(404, 409), response_model=JobRead)
+def cancel_fine_tune_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step (409 once it has ended)."""
     job = cancel_job(session=session, job=get_job(session=session, job_id=job_id, owner_id=owner_scope(user)))
     session.commit()
     return JobRead.from_job(job)
 
 
-@router.patch("/{job_id}", response_model=JobRead)
-def update_fine_tune_job(job_id: str, patch: JobPatch, session: SessionDep, _admin: AdminUser) -> JobRead:
+@router.patch("/{job_id}", responses=errors(403, 404), response_model=JobRead)
+def update_fine_tune_job(job_id: JobId, patch: JobPatch, session: SessionDep, _admin: AdminUser) -> JobRead:
     """Change a job's priority (admins only): higher starts sooner among jobs of equal fair share."""
     job = set_job_priority(session=session, job=get_job(session=session, job_id=job_id), priority=patch.priority)
     session.commit()

@@ -3,12 +3,13 @@
 from fastapi import APIRouter
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.errors_doc import COMMON, errors
 from api.schemas_team import KeyRead, MeRead, SecretsRead, SecretState, SecretsUpdate
 from shared.limits import user_limits
 from shared.users import usage
 from shared.vault import SECRET_NAMES, delete_secret, secrets_set, store_secret
 
-router = APIRouter(prefix="/me", tags=["me"])
+router = APIRouter(prefix="/me", tags=["me"], responses=errors(*COMMON))
 
 
 def _secrets_read(session: SessionDep, user_id: str) -> SecretsRead:

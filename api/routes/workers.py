@@ -3,11 +3,12 @@
 from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
+from api.errors_doc import COMMON, errors
 from api.schemas_team import CurrentJob, WorkerList, WorkerRead
 from shared.models import utcnow
 from shared.workers import list_workers, worker_state
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(prefix="/workers", tags=["workers"], responses=errors(*COMMON))
 
 
 @router.get("", response_model=WorkerList)
