@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from shared.auth import create_api_key
 from shared.db import session_scope
 from shared.migrate import upgrade_database
+from shared.queue import declare_queues
 from shared.settings import Settings
 from shared.vault import ensure_key_file
 
@@ -28,6 +29,7 @@ def prepare_data_dir(settings: Settings) -> str | None:
         path.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.db_url)
     ensure_key_file(settings)  # the key that encrypts users' tokens, unless FTQ_SECRET_KEY is set
+    declare_queues()
     key_file = data / "admin.key"
     if key_file.exists():
         return None

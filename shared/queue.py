@@ -98,3 +98,12 @@ def queue_length(name: str) -> int:
     with get_celery().connection_for_write() as connection:
         declared = connection.default_channel.queue_declare(queue=name, durable=True, auto_delete=False)
         return int(declared.message_count)
+
+
+def declare_queues() -> None:
+    """Declare the GPU and validation queues once, before several workers start: kombu's SQLAlchemy transport
+    (the embedded broker) creates a queue's row without handling a concurrent insert, so two workers declaring
+    the same new queue at once can crash one of them."""
+    settings = get_settings()
+    for name in (settings.queue_name, settings.validate_queue_name):
+        queue_length(name)
