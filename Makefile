@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= .ftq-data
 PORT ?= 8000
 
-.PHONY: install run test lint
+.PHONY: install run test lint browser
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The browser tests drive Debian's Chromium; install it when missing (needs root, as on the dev and CI machines).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+
+test: lint browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest --durations=15
