@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from ftq.admin import add_admin_commands
+from ftq.commands import add_user_commands
 from shared.settings import Settings, get_settings
 
 
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--gpu", type=_gpu_index, help="train on this GPU only (sets CUDA_VISIBLE_DEVICES)")
     add("migrate", cmd_migrate, "Bring the database to the newest schema.")
     add_admin_commands(add)
+    add_user_commands(sub)
     return parser
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_ROWS = REPO / "examples" / "data" / "pricer-400.jsonl"
+DEMO_SPEC = REPO / "examples" / "pricer-tiny.yaml"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -33,14 +35,12 @@ def prepare_demo_files(settings: Settings) -> tuple[Path, Path]:
 
 
 def demo_spec(model: Path, rows: Path) -> dict[str, Any]:
-    """The course's recipe at toy scale: same LoRA, 4-bit and optimizer settings, a few CPU-sized steps."""
-    return {
-        "base_model": str(model),
-        "dataset": {"id": str(rows), "max_rows": 160},
-        # The tiny tokenizer needs ~220 tokens a row where Llama 3's needs ~180, hence max_length 320.
-        "hyperparameters": {"batch_size": 16, "max_length": 320, "logging_steps": 2, "save_steps": 5},
-        "metadata": {"purpose": "demo"},
-    }
+    """`examples/pricer-tiny.yaml` (the course's recipe at toy scale), pointed at the model and rows just built
+    (the file's own relative paths assume the default data dir `.ftq-data`)."""
+    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    spec["base_model"] = str(model)
+    spec["dataset"]["id"] = str(rows)
+    return dict(spec)
 
 
 def submit(base_url: str, api_key: str, spec: dict[str, Any]) -> dict[str, Any]:
