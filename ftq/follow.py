@@ -60,7 +60,8 @@ def outcome_line(job: JobRead) -> str:
         took = f" in {format_duration((job.finished_at - job.started_at).total_seconds())}"
     if job.status.value == "succeeded":
         where = job.result.hub_commit_url or job.result.adapter_path or ""
-        return f"succeeded{took}: step {job.progress.step}, loss {job.progress.loss}; adapter {where}".rstrip()
+        loss = f"{job.progress.loss:.4f}" if job.progress.loss is not None else "-"
+        return f"succeeded{took}: step {job.progress.step}, loss {loss}; adapter {where}".rstrip()
     if job.status.value == "failed" and job.error is not None:
         param = f" ({job.error.param})" if job.error.param else ""
         return f"failed{took}: {job.error.code}{param}: {job.error.message}"
@@ -83,7 +84,7 @@ class Follower:
         """Follow until the job ends; returns it."""
         live = self.console.is_terminal and not self.as_json
         progress = Progress(
-            TextColumn("[bold]{task.fields[status]:<10}"),
+            TextColumn("[bold]{task.fields[status]:<11}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  {task.fields[speed]} tok/s  ETA {task.fields[eta]}"),
@@ -109,7 +110,7 @@ class Follower:
     def _draw(self, progress: Progress, task: TaskID, job: JobRead) -> None:
         p = job.progress
         fields: dict[str, Any] = {
-            "status": job.status.value,
+            "status": f"queued #{job.queue_position}" if job.queue_position else job.status.value,
             "loss": f"{p.loss:.4f}" if p.loss is not None else "-",
             "speed": f"{p.tokens_per_second:,.0f}" if p.tokens_per_second else "-",
             "eta": format_duration(p.eta_seconds) if p.eta_seconds is not None else "-",
