@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import checkpoints, events, files, health, jobs, me, users, workers
+from api.routes.dashboard import mount_dashboard
 from shared.errors import FtqError
 from shared.reconciler import reconcile_once
 from shared.settings import get_settings
@@ -114,6 +115,7 @@ def create_app() -> FastAPI:
     app.include_router(me.router)
     app.include_router(users.router)
     app.include_router(workers.router)
+    mount_dashboard(app)
     app.add_exception_handler(RequestValidationError, handle_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(FtqError, handle_ftq_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]

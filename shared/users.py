@@ -78,5 +78,4 @@ def update_user(
 def usage(*, session: Session, user_id: str) -> dict[str, Any]:
     """How many of a user's jobs are in each status (the ones with any)."""
     rows = session.execute(select(Job.status, func.count()).where(Job.owner_id == user_id).group_by(Job.status)).all()
-    counts = {JobStatus(status).value: int(n) for status, n in rows}
-    return counts
+    return {JobStatus(status).value: int(n) for status, n in rows}
