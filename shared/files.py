@@ -4,7 +4,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -14,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, InvalidInput, JobNotFound
 from shared.models import Job, JobStatus, UploadedFile, new_id
+from shared.spec import is_file_id
 
-FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 CHUNK = 1 << 20
 
@@ -32,11 +31,6 @@ class FileInUse(FtqError):
 
     status_code = 409
     code = "file_in_use"
-
-
-def is_file_id(ref: str) -> bool:
-    """True when a dataset reference names an uploaded file."""
-    return bool(FILE_ID.match(ref))
 
 
 def _invalid(message: str) -> InvalidInput:

@@ -4,8 +4,7 @@ import os
 from pathlib import Path
 
 from shared.errors import InvalidInput
-from shared.files import is_file_id
-from shared.spec import JobSpec, is_local_path
+from shared.spec import JobSpec, is_file_id, is_local_path
 
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 

@@ -29,6 +29,14 @@ MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetaValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
+
+
+def is_file_id(ref: str) -> bool:
+    """True when a dataset reference names an uploaded file."""
+    return bool(FILE_ID.match(ref))
+
+
 def is_local_path(ref: str) -> bool:
     """True when a model or dataset reference names a local path rather than a Hub id."""
     return ref.startswith(LOCAL_PATH_PREFIXES)
@@ -119,8 +127,8 @@ class Hyperparameters(Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed for data order and LoRA init.")
     save_steps: int = Field(5000, ge=1, le=10_000_000, description="Save a checkpoint every this many steps.")
     logging_steps: int = Field(50, ge=1, le=1_000_000, description="Log loss and learning rate every this many steps.")
-    gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass: less memory, slower (TRL's default)."
+    gradient_checkpointing: bool | None = Field(
+        None, description="Deprecated: use `performance.gradient_checkpointing` (set here, it wins over `auto`)."
     )
 
 
@@ -174,6 +182,37 @@ class WandbSpec(Strict):
     )
 
 
+Auto = Literal["auto"]
+
+
+class PerformanceSpec(Strict):
+    """How the worker runs the recipe fast; `auto` lets it choose from the GPU's free memory. None of these
+    changes the arithmetic of a step at the spec's own batch size; the worker reports what it chose."""
+
+    gradient_checkpointing: Auto | bool = Field(
+        "auto", description="Recompute activations in the backward pass (less memory, about half the speed)."
+    )
+    liger: Auto | bool = Field("auto", description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU): CUDA only.")
+    cache_dequantized: Auto | bool = Field(
+        "auto",
+        description="Dequantize each 4-bit weight once and keep the bf16 copy instead of every step (same numbers,"
+        " about 2 bytes a parameter more GPU memory).",
+    )
+    compile: Auto | bool = Field("auto", description="torch.compile the model (auto: off until measured to pay).")
+    micro_batch: Auto | int | None = Field(
+        None,
+        description="Throughput mode: `auto` takes the largest micro-batch that fits, with gradient accumulation"
+        " keeping the effective batch (batch_size x gradient_accumulation_steps); null trains as specified.",
+    )
+
+    @field_validator("micro_batch")
+    @classmethod
+    def _check_micro_batch(cls, value: object) -> object:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("micro_batch is auto, null or 1-1024")
+        return value
+
+
 class JobSpec(Strict):
     """A QLoRA supervised fine-tune: base model, data, and how to train."""
 
@@ -185,6 +224,9 @@ class JobSpec(Strict):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter; defaults are the course's.")
     quantization: QuantizationSpec = Field(
         default_factory=QuantizationSpec, description="4-bit quantization of the frozen base model."
+    )
+    performance: PerformanceSpec = Field(
+        default_factory=PerformanceSpec, description="Speed settings; `auto` chooses from the GPU's free memory."
     )
     hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
     wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")

@@ -60,7 +60,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     resuming = Reporter()
     second = train(spec, tmp_path / "resumed", [local_root], resuming, job_id="b", interval_s=0.0)
 
-    assert resuming.logs == ["resuming from checkpoint-3"] and resuming.steps[0] == 3, "it resumed, not restarted"
+    assert "resuming from checkpoint-3" in resuming.logs and resuming.steps[0] == 3, "it resumed, not restarted"
     assert first.drained and (tmp_path / "resumed" / "checkpoints" / "checkpoint-3" / COMPLETE_MARKER).exists()
     assert not straight.stopped and not second.stopped
     expected = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")

@@ -105,6 +105,9 @@ def test_collated_batch_masks_every_prompt_token_and_trains_every_completion_tok
         def progress(self, progress: Any) -> bool:
             return True
 
+        def log(self, message: str, data: Any) -> None:
+            pass
+
     spec = JobSpec.model_validate(
         {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}, "hyperparameters": {"max_length": 320}}
     )

@@ -4,10 +4,6 @@ in an environment, a command line, a log line or the training arguments."""
 
 from dataclasses import dataclass, field
 
-from shared.db import session_scope
-from shared.settings import get_settings
-from shared.vault import read_secrets
-
 
 @dataclass(frozen=True)
 class Credentials:
@@ -19,6 +15,11 @@ class Credentials:
 
 def credentials_for(owner_id: str) -> Credentials:
     """The owner's stored tokens, decrypted (a token the server key cannot open fails the job)."""
+    # Imported here: `Credentials` alone (what the trainer takes) needs no database or cipher.
+    from shared.db import session_scope
+    from shared.settings import get_settings
+    from shared.vault import read_secrets
+
     with session_scope() as session:
         tokens = read_secrets(session=session, settings=get_settings(), user_id=owner_id)
     return Credentials(hf_token=tokens.get("hf_token"), wandb_api_key=tokens.get("wandb_api_key"))

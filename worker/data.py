@@ -12,11 +12,9 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from shared.db import session_scope
 from shared.errors import FtqError, JobFailure
-from shared.files import is_file_id, uploaded_file_path
 from shared.paths import check_local_dataset, refuse_hub_id_shadowed_by_path
-from shared.spec import DatasetSpec, is_local_path
+from shared.spec import DatasetSpec, is_file_id, is_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_ROWS_NAMED = 10
@@ -41,6 +39,10 @@ def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None) ->
     """Load the dataset split named by the spec (a local file or folder under the roots, or a Hub id)."""
     try:
         if is_file_id(spec.id):
+            # Imported here: the database stack loads only for uploaded files (the GPU bench reads paths).
+            from shared.db import session_scope
+            from shared.files import uploaded_file_path
+
             with session_scope() as session:
                 path = uploaded_file_path(session=session, file_id=spec.id)
             if not path.exists():

@@ -17,6 +17,7 @@ from trl import SFTConfig
 from shared.errors import JobFailure
 from shared.paths import check_local_model, refuse_hub_id_shadowed_by_path
 from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_local_path
+from worker.performance import PerformancePlan
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -47,19 +48,21 @@ def build_sft_config(
     hp: Hyperparameters,
     quant: QuantizationSpec,
     output_dir: Path,
+    plan: PerformancePlan,
     *,
     use_cpu: bool,
     run_name: str,
     report_to: str = "none",
 ) -> SFTConfig:
-    """TRL's SFTConfig for the spec: the course's recipe, with completion-only loss on pre-tokenized rows."""
+    """TRL's SFTConfig for the spec: the course's recipe, with completion-only loss on pre-tokenized rows, run
+    as the performance plan chose (the effective batch is the spec's)."""
     return SFTConfig(
         output_dir=str(output_dir),
         run_name=run_name,
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps or -1,
-        per_device_train_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         lr_scheduler_type=hp.lr_scheduler,
         warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps
@@ -72,7 +75,9 @@ def build_sft_config(
         save_strategy="steps",
         save_steps=hp.save_steps,
         logging_steps=hp.logging_steps,
-        activation_checkpointing=hp.gradient_checkpointing,  # the new name of gradient_checkpointing
+        activation_checkpointing=plan.gradient_checkpointing,  # the new name of gradient_checkpointing
+        use_liger_kernel=plan.liger,
+        torch_compile=plan.compile,
         bf16=quant.compute_dtype == "bfloat16",
         fp16=quant.compute_dtype == "float16" and not use_cpu,
         use_cpu=use_cpu,

@@ -14,8 +14,16 @@ from worker.credentials import Credentials
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
+from worker.performance import (
+    cache_dequantized_weights,
+    free_memory,
+    liger_available,
+    model_shape,
+    plan_performance,
+)
 from worker.progress import CheckpointCallback, ProgressCallback, Reporter, TokenCounter, last_complete_checkpoint
 from worker.recipe import (
+    DTYPES,
     build_lora_config,
     build_sft_config,
     describe_quantization,
@@ -83,11 +91,18 @@ def build_trainer(
     set_seed(spec.hyperparameters.seed)
     device = pick_device()
     model = load_quantized_model(spec, roots, device, hf_token)
+    plan = plan_performance(
+        spec, model_shape(model), device=device, free_bytes=free_memory(device), liger_available=liger_available()
+    )
+    if plan.cache_dequantized:
+        cache_dequantized_weights(model, DTYPES[spec.quantization.compute_dtype])
+    reporter.log(plan.describe(), plan.as_dict())
     run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
     args = build_sft_config(
         spec.hyperparameters,
         spec.quantization,
         job_dir / "checkpoints",
+        plan,
         use_cpu=device == "cpu",
         run_name=run_name,
         report_to="wandb" if spec.wandb else "none",

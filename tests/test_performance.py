@@ -1,0 +1,95 @@
+"""The worker's speed choices: what `auto` picks from free memory, that pinned choices win, and that a cached
+dequantized weight computes exactly what bitsandbytes computes."""
+
+from typing import Any
+
+import pytest
+import torch
+
+from shared.spec import JobSpec
+from worker.performance import GB, ModelShape, cache_dequantized_weights, plan_performance
+
+LLAMA_8B = ModelShape(hidden_size=4096, num_layers=32, vocab_size=128256, quantized_params=6_979_321_856)
+
+
+def spec(**sections: Any) -> JobSpec:
+    """The course's spec with some sections changed."""
+    return JobSpec.model_validate(
+        {"base_model": "meta-llama/Llama-3.1-8B", "dataset": {"id": "ed-donner/pricer-data"}, **sections}
+    )
+
+
+def test_a_large_gpu_keeps_activations_and_caches_dequantized_weights() -> None:
+    plan = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+
+    assert (plan.gradient_checkpointing, plan.cache_dequantized, plan.liger) == (False, True, True)
+    assert (plan.micro_batch, plan.gradient_accumulation_steps) == (16, 1), "the spec's batch is kept"
+    assert "gradient checkpointing off" in plan.describe() and "130 GB free" in plan.describe()
+
+
+def test_a_small_gpu_falls_back_to_the_memory_lean_path() -> None:
+    plan = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=12 * GB, liger_available=False)
+
+    assert (plan.gradient_checkpointing, plan.cache_dequantized, plan.liger) == (True, False, False)
+    assert plan.reasons["liger"] == "needs CUDA and liger-kernel"
+
+
+def test_a_middle_gpu_drops_the_cache_before_checkpointing() -> None:
+    plan = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=30 * GB, liger_available=True)
+
+    assert (plan.gradient_checkpointing, plan.cache_dequantized) == (False, False)
+
+
+def test_pinned_choices_win_over_auto_and_the_old_field_still_counts() -> None:
+    pinned = spec(performance={"gradient_checkpointing": True, "cache_dequantized": False, "liger": False})
+    old = spec(hyperparameters={"gradient_checkpointing": True})
+
+    first = plan_performance(pinned, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+    second = plan_performance(old, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+
+    assert (first.gradient_checkpointing, first.cache_dequantized, first.liger) == (True, False, False)
+    assert second.gradient_checkpointing is True
+
+
+def test_throughput_mode_takes_the_largest_micro_batch_that_keeps_the_effective_batch() -> None:
+    wide = spec(
+        hyperparameters={"batch_size": 8, "gradient_accumulation_steps": 8}, performance={"micro_batch": "auto"}
+    )
+
+    roomy = plan_performance(wide, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+    tight = plan_performance(wide, LLAMA_8B, device="cuda:0", free_bytes=40 * GB, liger_available=True)
+
+    assert (roomy.micro_batch, roomy.gradient_accumulation_steps) == (64, 1)
+    assert tight.micro_batch * tight.gradient_accumulation_steps == 64 and tight.micro_batch < 64
+
+
+@pytest.mark.parametrize("bad", [0, 2000, "fast"])
+def test_a_bad_micro_batch_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="micro_batch"):
+        spec(performance={"micro_batch": bad})
+
+
+def test_a_cached_dequantized_weight_computes_exactly_what_bitsandbytes_does() -> None:
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(
+        64, 48, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4", compress_statistics=True
+    )
+    layer.load_state_dict(
+        {"weight": torch.randn(48, 64, dtype=torch.bfloat16), "bias": torch.randn(48, dtype=torch.bfloat16)}
+    )
+    layer = layer.to("cpu")  # quantizes the weight
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+
+    reference = layer(x1)
+    reference.float().pow(2).sum().backward()
+    model = torch.nn.Sequential(layer)
+    cached_bytes = cache_dequantized_weights(model, torch.bfloat16)
+    cached = layer(x2)
+    cached.float().pow(2).sum().backward()
+
+    assert cached_bytes == 48 * 64 * 2
+    assert torch.equal(cached, reference)
+    assert torch.equal(x2.grad, x1.grad)

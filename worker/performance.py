@@ -1,0 +1,187 @@
+"""How a job runs fast on the device it got: the choices (`plan_performance`, a pure function of the spec and the
+measured free memory) and the one that changes the model (`cache_dequantized_weights`).
+
+None of the choices changes the arithmetic of an optimizer step at the spec's own batch size:
+- gradient checkpointing off recomputes nothing, it keeps the activations instead;
+- Liger's kernels compute RMSNorm, RoPE and SwiGLU fused, in the same precision;
+- a cached dequantized weight is exactly what bitsandbytes dequantizes on every forward and backward
+  (`dequantize_4bit(W).to(compute dtype)`, then a plain matmul), computed once because the base is frozen;
+- a micro-batch with gradient accumulation (opt-in) keeps the effective batch.
+"""
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from shared.spec import JobSpec
+
+GB = 1024**3
+# Activation memory of one token through one decoder layer, per unit of hidden size, in bytes, measured on
+# Llama-3.1-8B with LoRA on q/k/v/o in bf16 (about 16 GB for 16 x 182 tokens without checkpointing).
+ACTIVATION_BYTES_PER_HIDDEN = 44
+CHECKPOINTED_BYTES_PER_HIDDEN = 4  # only each layer's input is kept, plus one layer recomputed at a time
+LOGIT_BYTES = 8  # fp32 logits and their gradient, per token and vocabulary entry
+MARGIN_BYTES = 2 * GB  # allocator fragmentation, CUDA workspace, optimizer state of the adapter
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory estimate needs to know of the base model."""
+
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    quantized_params: int  # parameters held in 4-bit Linear layers
+
+
+@dataclass(frozen=True)
+class PerformancePlan:
+    """What the worker chose, and why."""
+
+    gradient_checkpointing: bool
+    liger: bool
+    cache_dequantized: bool
+    compile: bool
+    micro_batch: int
+    gradient_accumulation_steps: int
+    free_gb: float | None
+    reasons: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as event data."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for the job's event log."""
+        flags = [
+            f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}",
+            f"liger {'on' if self.liger else 'off'}",
+            f"cached dequantized weights {'on' if self.cache_dequantized else 'off'}",
+            f"compile {'on' if self.compile else 'off'}",
+            f"micro-batch {self.micro_batch} x {self.gradient_accumulation_steps}",
+        ]
+        free = f" ({self.free_gb:.0f} GB free)" if self.free_gb is not None else ""
+        return "performance: " + ", ".join(flags) + free
+
+
+def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool) -> int:
+    """Estimated activation memory of one micro-batch of `tokens` tokens."""
+    per_hidden = CHECKPOINTED_BYTES_PER_HIDDEN if checkpointing else ACTIVATION_BYTES_PER_HIDDEN
+    layers = shape.num_layers * shape.hidden_size * tokens * per_hidden
+    return layers + tokens * shape.vocab_size * LOGIT_BYTES
+
+
+def plan_performance(
+    spec: JobSpec, shape: ModelShape, *, device: str, free_bytes: int | None, liger_available: bool
+) -> PerformancePlan:
+    """Choose each `auto` setting from the free memory of the device (after the model is loaded)."""
+    perf, hp = spec.performance, spec.hyperparameters
+    reasons: dict[str, str] = {}
+    cuda = device.startswith("cuda")
+    effective = hp.batch_size * hp.gradient_accumulation_steps
+    micro, accumulation = hp.batch_size, hp.gradient_accumulation_steps
+    budget = None if free_bytes is None else free_bytes - MARGIN_BYTES
+
+    def fits(batch: int, checkpointing: bool, extra: int = 0) -> bool:
+        need = activation_bytes(shape, batch * hp.max_length, checkpointing=checkpointing) + extra
+        return budget is None or need <= budget
+
+    if perf.micro_batch == "auto":
+        micro = max((m for m in range(1, effective + 1) if effective % m == 0 and fits(m, False)), default=1)
+        accumulation = effective // micro
+        reasons["micro_batch"] = f"largest divisor of the effective batch {effective} that fits without checkpointing"
+    elif isinstance(perf.micro_batch, int):
+        if effective % perf.micro_batch:
+            reasons["micro_batch"] = f"{perf.micro_batch} does not divide the effective batch {effective}: unchanged"
+        else:
+            micro, accumulation = perf.micro_batch, effective // perf.micro_batch
+            reasons["micro_batch"] = "as asked"
+
+    pinned = hp.gradient_checkpointing if perf.gradient_checkpointing == "auto" else perf.gradient_checkpointing
+    if pinned is not None:
+        checkpointing = bool(pinned)
+        reasons["gradient_checkpointing"] = "as asked"
+    else:
+        checkpointing = not fits(micro, False)
+        reasons["gradient_checkpointing"] = "activations fit" if not checkpointing else "activations do not fit"
+
+    cache_bytes = 2 * shape.quantized_params
+    if perf.cache_dequantized != "auto":
+        cache = bool(perf.cache_dequantized)
+        reasons["cache_dequantized"] = "as asked"
+    else:
+        cache = fits(micro, checkpointing, cache_bytes)
+        reasons["cache_dequantized"] = (
+            f"{cache_bytes / GB:.1f} GB {'fit' if cache else 'do not fit'} beside the activations"
+        )
+
+    if perf.liger != "auto":
+        liger = bool(perf.liger) and cuda and liger_available
+        reasons["liger"] = "as asked" if liger == perf.liger else "asked, but needs CUDA and liger-kernel"
+    else:
+        liger = cuda and liger_available
+        reasons["liger"] = "CUDA with liger-kernel installed" if liger else "needs CUDA and liger-kernel"
+
+    compile_model = perf.compile is True
+    reasons["compile"] = "as asked" if perf.compile != "auto" else "off until measured to pay on this stack"
+    free_gb = None if free_bytes is None else free_bytes / GB
+    return PerformancePlan(checkpointing, liger, cache, compile_model, micro, accumulation, free_gb, reasons)
+
+
+def free_memory(device: str) -> int | None:
+    """Free bytes on a CUDA device (None on the CPU: host memory is not the limit for the tiny models run there)."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def liger_available() -> bool:
+    """Whether the liger-kernel package is installed."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def model_shape(model: Any) -> ModelShape:
+    """The shape of a loaded base model."""
+    import bitsandbytes as bnb
+
+    quantized = sum(
+        module.in_features * module.out_features for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)
+    )
+    config = model.config
+    return ModelShape(config.hidden_size, config.num_hidden_layers, config.vocab_size, quantized)
+
+
+class CachedDequantizedForward:
+    """The forward of a bitsandbytes Linear4bit with its weight dequantized once (the base is frozen)."""
+
+    def __init__(self, layer: Any, dtype: torch.dtype) -> None:
+        import bitsandbytes.functional as bnbf
+
+        self.layer = layer
+        self.dtype = dtype
+        weight = layer.weight
+        with torch.no_grad():
+            dequantized = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+        layer.register_buffer("ftq_dequantized_weight", dequantized, persistent=False)
+
+    def __call__(self, x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+        """As bitsandbytes computes it: input in the compute dtype, a plain linear, output in the input's dtype."""
+        layer = self.layer
+        bias = None if layer.bias is None else layer.bias.to(self.dtype)
+        out = torch.nn.functional.linear(x.to(self.dtype), layer.ftq_dequantized_weight, bias)
+        return out.to(x.dtype)
+
+
+def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
+    """Give every 4-bit Linear of `model` a dequantized bf16 copy of its weight and use it; returns the bytes."""
+    import bitsandbytes as bnb
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.forward = CachedDequantizedForward(module, dtype)
+            total += module.ftq_dequantized_weight.numel() * module.ftq_dequantized_weight.element_size()
+    return total
