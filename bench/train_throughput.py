@@ -119,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, help="rows, checkpoints and outputs (default: a temporary directory)")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 TFLOP/s for MFU (H200: ~790)")
     p.add_argument(
+        "--ftq-performance",
+        type=json.loads,
+        default={},
+        help="ftq's spec.performance as JSON, e.g. '{\"liger\": false}' (default: the worker chooses)",
+    )
+    p.add_argument(
         "--reference-group-by-length",
         action="store_true",
         help="give the reference the course's group_by_length=True (then the paths see different batches)",
@@ -389,13 +395,14 @@ def build_ftq(
     model_dir: Path, rows_path: Path, args: argparse.Namespace, job_dir: Path
 ) -> tuple[Any, CollectingReporter]:
     """ftq's worker path: a JobSpec with the course's defaults, pointed at the local model and rows."""
-    from shared.spec import DatasetSpec, Hyperparameters, JobSpec
+    from shared.spec import DatasetSpec, Hyperparameters, JobSpec, PerformanceSpec
     from worker.training import build_trainer
 
     spec = JobSpec(
         base_model=str(model_dir),
         dataset=DatasetSpec(id=str(rows_path)),
         hyperparameters=Hyperparameters(max_steps=args.steps, batch_size=args.batch, logging_steps=1),
+        performance=PerformanceSpec.model_validate(args.ftq_performance),
     )
     reporter = CollectingReporter()
     roots = [model_dir.resolve(), rows_path.parent.resolve()]
