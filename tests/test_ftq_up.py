@@ -1,4 +1,5 @@
-"""`ftq up` on a laptop: embedded SQLite database and broker, admin key on first start, clean stop."""
+"""`ftq up` on a laptop: embedded SQLite database and broker, admin key on first start, one pinned worker per GPU,
+clean stop."""
 
 import os
 import signal
@@ -51,43 +52,6 @@ def start_up(data_dir: Path, port: int, local_root: Path, log: Path, *args: str)
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_ftq_up_runs_a_job_on_embedded_parts_and_stops_every_child(
-    tmp_path: Path, local_root: Path, tiny_model: Path, train_file: Path
-) -> None:
-    data_dir, port = tmp_path / "ftq-data", free_port()
-    log = tmp_path / "up.log"
-    up = start_up(data_dir, port, local_root, log)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}")
-        key_file = data_dir / "admin.key"
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        key = key_file.read_text().strip()
-        spec = {
-            "base_model": str(tiny_model),
-            "dataset": {"id": str(train_file)},
-            "hyperparameters": {"batch_size": 4, "max_steps": 2, "max_length": 320},
-        }
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as client:
-            created = client.post("/jobs", json=spec)
-            assert created.status_code == 201, created.text
-            job = wait_for_end(client, created.json()["id"])
-        assert job["status"] == "succeeded", job["error"]
-        assert (data_dir / "ftq.db").exists() and (data_dir / "broker.db").exists()
-        assert processes_with_data_dir(data_dir), "the API and worker run as children"
-
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=60)
-    finally:
-        stop_process_group(up)
-
-    assert up.returncode == 0
-    assert key in log.read_text(), "the first start prints the admin key"
-    deadline = time.monotonic() + 10
-    while processes_with_data_dir(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_with_data_dir(data_dir) == []
-
-
 def _visible_devices(pid: int) -> str | None:
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -97,11 +61,12 @@ def _visible_devices(pid: int) -> str | None:
     return found[0] if found else None
 
 
-def test_ftq_up_gpus_runs_one_pinned_worker_per_gpu_and_two_jobs_at_once(
+def test_ftq_up_runs_one_pinned_worker_per_gpu_on_embedded_parts_and_stops_every_child(
     tmp_path: Path, local_root: Path, tiny_model: Path, train_file: Path
 ) -> None:
     data_dir, port = tmp_path / "ftq-data", free_port()
-    up = start_up(data_dir, port, local_root, tmp_path / "up.log", "--gpus", "0,1")
+    log = tmp_path / "up.log"
+    up = start_up(data_dir, port, local_root, log, "--gpus", "0,1")
     spec = {
         "base_model": str(tiny_model),
         "dataset": {"id": str(train_file)},
@@ -111,7 +76,9 @@ def test_ftq_up_gpus_runs_one_pinned_worker_per_gpu_and_two_jobs_at_once(
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url)
-        key = (data_dir / "admin.key").read_text().strip()
+        key_file = data_dir / "admin.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text().strip()
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as client:
 
             def gpu_workers() -> list[dict[str, object]]:
@@ -126,10 +93,19 @@ def test_ftq_up_gpus_runs_one_pinned_worker_per_gpu_and_two_jobs_at_once(
                         pinned.setdefault(job_id, set()).add(_visible_devices(pid))
                 time.sleep(0.1)
             jobs = [wait_for_end(client, job_id) for job_id in ids]
+        assert (data_dir / "ftq.db").exists() and (data_dir / "broker.db").exists(), "embedded database and broker"
+        assert processes_with_data_dir(data_dir), "the API and workers run as children"
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
     finally:
         stop_process_group(up)
+
+    assert up.returncode == 0
+    assert key in log.read_text(), "the first start prints the admin key"
+    deadline = time.monotonic() + 10
+    while processes_with_data_dir(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_with_data_dir(data_dir) == []
 
     assert sorted((str(w["name"]).split("@")[0], w["gpu"]) for w in workers) == [("gpu0", "0"), ("gpu1", "1")]
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
