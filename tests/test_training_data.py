@@ -1,5 +1,6 @@
 """The data path of the worker: template split, tokenization with completion masks, and TRL's collated labels."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,30 @@ def test_collated_batch_masks_every_prompt_token_and_trains_every_completion_tok
         assert labels[n_prompt:real] == ids[n_prompt:real], "a completion token is not trained"
         assert all(label == -100 for label in labels[real:]), "a padding token carries loss"
         assert tokenizer.decode(labels[n_prompt:real]) == price + tokenizer.eos_token
+
+
+def test_worker_processes_split_and_tokenize_exactly_as_one_process_does(
+    monkeypatch: pytest.MonkeyPatch, tokenizer: Any, pricer_rows: list[dict[str, Any]]
+) -> None:
+    import worker.data
+
+    texts = [str(row["text"]) for row in pricer_rows[:300]]
+    spec = DatasetSpec(id="x/y")
+    alone, alone_stats = tokenize_pairs(split_at_template(rows(texts), spec), tokenizer, 230)
+    monkeypatch.setattr(worker.data, "PARALLEL_FROM_ROWS", 10)  # 300 rows now go to worker processes
+    parallel, parallel_stats = tokenize_pairs(split_at_template(rows(texts), spec), tokenizer, 230)
+
+    assert worker.data.worker_processes(300) == min(os.cpu_count() or 1, 16)
+    assert parallel_stats == alone_stats and alone_stats.rows > 0
+    assert parallel["input_ids"] == alone["input_ids"] and parallel["completion_mask"] == alone["completion_mask"]
+
+
+def test_rows_without_the_template_are_named_by_worker_processes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.data
+
+    monkeypatch.setattr(worker.data, "PARALLEL_FROM_ROWS", 10)
+    texts = [f"item {n} Price is $1.00" for n in range(40)]
+    texts[3] = texts[37] = "no template here"
+
+    with pytest.raises(JobFailure, match=r"2 of 40 rows .* rows 3, 37 \(0-based\)"):
+        split_at_template(rows(texts), DatasetSpec(id="x/y"))

@@ -5,10 +5,12 @@ starts and so prompt and completion are tokenized exactly as the model will see 
 prompt ending in the template, then the completion generated token by token after it.
 """
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -18,6 +20,7 @@ from shared.spec import DatasetSpec, is_file_id, is_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_ROWS_NAMED = 10
+PARALLEL_FROM_ROWS = 20_000  # below this, starting worker processes costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -88,25 +91,46 @@ def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None) ->
     return rows.select_columns([spec.text_field])
 
 
+def worker_processes(rows: int) -> int | None:
+    """Processes for `datasets.map` over `rows` rows: every core for a large dataset, none (in-process) else."""
+    return min(os.cpu_count() or 1, 16) if rows >= PARALLEL_FROM_ROWS else None
+
+
 def split_at_template(rows: Dataset, spec: DatasetSpec) -> Dataset:
-    """Split each text at the last response template into `prompt` (ending in it) and `completion`."""
-    texts: list[str] = rows[spec.text_field]
-    missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or spec.response_template not in text]
-    if missing:
+    """Split each text at the last response template into `prompt` (ending in it) and `completion`.
+
+    Runs as an Arrow `map` (in worker processes for a large dataset), so no Python list of all rows is built.
+    """
+    template, field = spec.response_template, spec.text_field
+
+    def split(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"prompt": [], "completion": [], "missing": []}
+        for index, text in zip(indices, batch[field], strict=True):
+            head, found, tail = text.rpartition(template) if isinstance(text, str) else ("", "", "")
+            out["prompt"].append(head + found)
+            out["completion"].append(tail)
+            out["missing"].append(index if not found else -1)
+        return out
+
+    pairs = rows.map(
+        split,
+        batched=True,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        num_proc=worker_processes(len(rows)),
+        desc="Splitting at the template",
+    )
+    missing = pairs.data.column("missing").to_numpy()
+    missing = missing[missing >= 0]
+    if len(missing):
         named = ", ".join(str(i) for i in missing[:MAX_ROWS_NAMED])
         more = f" and {len(missing) - MAX_ROWS_NAMED} more" if len(missing) > MAX_ROWS_NAMED else ""
         raise JobFailure(
-            f"{len(missing)} of {len(texts)} rows lack the response template {spec.response_template!r}: "
-            f"rows {named}{more} (0-based)",
+            f"{len(missing)} of {len(rows)} rows lack the response template {template!r}: rows {named}{more} (0-based)",
             code="template_missing",
             param="dataset.response_template",
         )
-    prompts, completions = [], []
-    for text in texts:
-        head, template, tail = text.rpartition(spec.response_template)
-        prompts.append(head + template)
-        completions.append(tail)
-    return Dataset.from_dict({"prompt": prompts, "completion": completions})
+    return pairs.remove_columns(["missing"])
 
 
 def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[Dataset, DatasetStats]:
@@ -118,26 +142,44 @@ def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
     if tokenizer.eos_token_id is None:
         raise JobFailure("the tokenizer has no EOS token", code="tokenizer_invalid", param="base_model")
 
+    eos = tokenizer.eos_token_id
+
     def encode(batch: dict[str, list[str]]) -> dict[str, list[Any]]:
         prompt_ids = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
         completion_ids = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
-        out: dict[str, list[Any]] = {"input_ids": [], "completion_mask": [], "truncated": []}
+        out: dict[str, list[Any]] = {"input_ids": [], "completion_mask": [], "truncated": [], "loss_tokens": []}
         for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
-            ids = prompt + completion + [tokenizer.eos_token_id]
+            ids = prompt + completion + [eos]
             mask = [0] * len(prompt) + [1] * (len(completion) + 1)
             out["input_ids"].append(ids[:max_length])
             out["completion_mask"].append(mask[:max_length])
             out["truncated"].append(len(ids) > max_length)
+            out["loss_tokens"].append(sum(mask[:max_length]))
         return out
 
-    encoded = pairs.map(encode, batched=True, remove_columns=pairs.column_names, desc="Tokenizing")
-    kept = encoded.filter(lambda row: 1 in row["completion_mask"], desc="Dropping rows with no completion left")
+    processes = worker_processes(len(pairs))
+    encoded = pairs.map(encode, batched=True, remove_columns=pairs.column_names, num_proc=processes, desc="Tokenizing")
+    # Statistics from Arrow columns (no Python list of every row's tokens); a row is kept when it carries loss.
+    loss_tokens = encoded.data.column("loss_tokens")
+    has_loss = pc.greater(loss_tokens, 0)
+    lengths = pc.list_value_length(encoded.data.column("input_ids"))
+    kept_rows = int(pc.sum(has_loss).as_py() or 0)
     stats = DatasetStats(
-        rows=len(kept),
-        tokens=sum(len(ids) for ids in kept["input_ids"]),
-        completion_tokens=sum(sum(mask) for mask in kept["completion_mask"]),
-        truncated_rows=sum(encoded["truncated"]),
-        dropped_rows=len(encoded) - len(kept),
+        rows=kept_rows,
+        tokens=int(pc.sum(pc.if_else(has_loss, lengths, 0)).as_py() or 0),
+        completion_tokens=int(pc.sum(loss_tokens).as_py() or 0),
+        truncated_rows=int(pc.sum(encoded.data.column("truncated")).as_py() or 0),
+        dropped_rows=len(encoded) - kept_rows,
+    )
+    kept = (
+        encoded
+        if kept_rows == len(encoded)
+        else encoded.filter(
+            lambda batch: [n > 0 for n in batch["loss_tokens"]],
+            batched=True,
+            num_proc=processes,
+            desc="Dropping rows with no completion left",
+        )
     )
     if stats.rows == 0:
         raise JobFailure(
@@ -145,4 +187,4 @@ def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
             code="completion_truncated",
             param="hyperparameters.max_length",
         )
-    return kept.remove_columns(["truncated"]), stats
+    return kept.remove_columns(["truncated", "loss_tokens"]), stats
