@@ -6,7 +6,7 @@ attempt writes (fenced by its attempt number) is in `shared.attempts`.
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, InvalidInput, JobNotFound
@@ -105,8 +105,9 @@ def list_jobs(
         cursor = session.get(Job, after)
         if cursor is None:
             raise InvalidInput(f"no job {after!r} to page after", code="invalid_cursor", param="after")
-        newer = and_(Job.created_at == cursor.created_at, Job.id < cursor.id)
-        query = query.where(or_(Job.created_at < cursor.created_at, newer))
+        # A row-value comparison: PostgreSQL (and SQLite) turn it into one index range, where an OR of the two
+        # cases made PostgreSQL walk every newer row.
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
     rows = list(session.scalars(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 

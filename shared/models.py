@@ -112,6 +112,7 @@ class Job(Base):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_owner_id_status", "owner_id", "status"),
+        Index("ix_jobs_owner_id_created_at_id", "owner_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))

@@ -139,7 +139,7 @@ def list_fine_tune_jobs(
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
     jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_scope(user))
-    places = queue_positions(session=session)
+    places = queue_positions(session=session) if any(job.status is JobStatus.queued for job in jobs) else {}
     return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
@@ -147,7 +147,8 @@ def list_fine_tune_jobs(
 def read_fine_tune_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
     job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
-    return JobRead.from_job(job, queue_positions(session=session).get(job.id))
+    place = queue_positions(session=session).get(job.id) if job.status is JobStatus.queued else None
+    return JobRead.from_job(job, place)
 
 
 @router.post("/{job_id}/cancel", responses=errors(404, 409), response_model=JobRead)

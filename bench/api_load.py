@@ -1,0 +1,274 @@
+"""API and queue latency: the real API (one uvicorn process) on PostgreSQL and Redis, loaded from a second process
+on 127.0.0.1, beside a trivial FastAPI endpoint served the same way as the ceiling.
+
+    .venv/bin/python bench/api_load.py                      # 1k then 100k jobs, 32 clients, 8 s per endpoint
+    .venv/bin/python bench/api_load.py --jobs 20000 --duration 4
+
+It makes a throwaway PostgreSQL database and Redis queue names of its own, seeds jobs straight into the table
+(mostly finished, a few queued, as on a team's box), measures `GET /jobs/{id}`, `GET /jobs` (first page and a deep
+keyset page) at 1k jobs and again at the full count, and `POST /jobs` (which commits the job and publishes its
+message to Redis), then drops what it made. Prints a table and writes JSON to --out.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+POSTGRES_ADMIN = os.environ.get("FTQ_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FTQ_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+TRIVIAL_APP = "bench.trivial_app:app"
+
+
+def create_database() -> str:
+    """A fresh PostgreSQL database, migrated; its SQLAlchemy URL."""
+    import psycopg
+
+    from shared.migrate import upgrade_database
+
+    name = f"ftq_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    upgrade_database(url)
+    return url
+
+
+def drop_database(url: str) -> None:
+    """Drop the bench's database."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_key(url: str) -> tuple[str, str]:
+    """An API key and its user's id."""
+    from shared.auth import create_api_key
+    from shared.db import session_scope
+
+    with session_scope(url) as session:
+        key, raw = create_api_key(session=session, name="bench")
+        session.commit()
+        return raw, key.user_id
+
+
+def seed_jobs(url: str, owner_id: str, count: int, spec: dict[str, Any], start: int) -> list[str]:
+    """Insert `count` jobs in bulk (98% succeeded, the rest failed, cancelled or queued); their ids."""
+    from sqlalchemy import insert
+
+    from shared.db import session_scope
+    from shared.models import Job, JobStatus
+
+    now = datetime.now(UTC)
+    statuses = [JobStatus.succeeded] * 98 + [JobStatus.failed, JobStatus.cancelled]
+    ids = []
+    with session_scope(url) as session:
+        batch: list[dict[str, Any]] = []
+        for n in range(start, start + count):
+            job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
+            ids.append(job_id)
+            status = JobStatus.queued if n % 5000 == 0 else statuses[n % len(statuses)]
+            batch.append(
+                {
+                    "id": job_id,
+                    "owner_id": owner_id,
+                    "status": status,
+                    "spec": spec,
+                    "metadata": {},
+                    "progress": {"step": 10, "total_steps": 10, "loss": 1.5},
+                    "stats": {"rows": 160},
+                    "result": {},
+                    "attempt": 1,
+                    "priority": 0,
+                    "created_at": now - timedelta(seconds=(start + count - n)),
+                }
+            )
+            if len(batch) == 5000:
+                session.execute(insert(Job), batch)
+                batch = []
+        if batch:
+            session.execute(insert(Job), batch)
+        session.commit()
+    return ids
+
+
+def analyze(url: str) -> None:
+    """VACUUM ANALYZE the jobs table."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE jobs")
+
+
+def start_server(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """One uvicorn process serving `app`."""
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    command += ["--log-level", "warning"]
+    return subprocess.Popen(command, env=env, cwd=REPO)
+
+
+def wait_up(url: str) -> None:
+    """Wait until a server answers."""
+    import httpx
+
+    for _ in range(200):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def drive(base_url: str, key: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Run one load phase in a second process (`--drive`), returning its figures."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--drive"],
+        input=json.dumps({"base_url": base_url, "key": key, **plan}),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+async def _load(plan: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=plan["concurrency"], max_keepalive_connections=plan["concurrency"])
+    headers = {"Authorization": f"Bearer {plan['key']}"}
+    rng = random.Random(0)
+    async with httpx.AsyncClient(base_url=plan["base_url"], headers=headers, limits=limits, timeout=30) as client:
+
+        async def one() -> httpx.Response:
+            if plan["method"] == "POST":
+                return await client.post(plan["path"], json=plan["body"])
+            path = plan["path"].replace("{id}", rng.choice(plan.get("ids") or [""]))
+            return await client.get(path, params=plan.get("params"))
+
+        async def worker(deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await one()
+                latencies.append(time.perf_counter() - started)
+                if response.status_code >= 400:
+                    errors += 1
+
+        warm_until = time.perf_counter() + 1.0
+        await asyncio.gather(*(worker(warm_until) for _ in range(plan["concurrency"])))
+        latencies.clear()
+        errors = 0
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(began + plan["duration"]) for _ in range(plan["concurrency"])))
+        elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "requests": len(ordered),
+        "errors": errors,
+        "rps": round(len(ordered) / elapsed, 1),
+        "p50_ms": round(1000 * statistics.median(ordered), 2),
+        "p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2),
+    }
+
+
+def main() -> int:
+    """Seed, serve, load, report, clean up."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-api-load.json"
+    )
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)  # the load process; plan on stdin
+    args = parser.parse_args()
+    if args.drive:
+        print(json.dumps(asyncio.run(_load(json.loads(sys.stdin.read())))))
+        return 0
+
+    import redis
+
+    url = create_database()
+    key, owner = make_key(url)
+    queue = f"ftq-bench-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "BROKER_URL": REDIS_URL,
+        "FTQ_QUEUE": queue,
+        "FTQ_VALIDATE_QUEUE": f"{queue}-validate",
+        "FTQ_RATE_LIMIT": "100000000",
+        "FTQ_RATE_BURST": "100000000",
+        "FTQ_LOCAL_ROOTS": str(REPO / "examples"),
+        "FTQ_DATA_DIR": f"/tmp/{queue}",
+    }
+    spec = {"base_model": "meta-llama/Llama-3.1-8B", "dataset": {"id": "ed-donner/pricer-data"}}
+    api_port, trivial_port = 18000 + random.randrange(1000), 19000 + random.randrange(1000)
+    servers = [start_server("api.main:app", api_port, env), start_server(TRIVIAL_APP, trivial_port, env)]
+    rows: list[dict[str, Any]] = []
+
+    def phase(name: str, base: str, jobs: int, **plan: Any) -> None:
+        figures = drive(base, key, {"concurrency": args.concurrency, "duration": args.duration, **plan})
+        rows.append({"endpoint": name, "jobs": jobs, **figures})
+        print(json.dumps(rows[-1]), flush=True)
+
+    try:
+        api, trivial = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{trivial_port}"
+        wait_up(f"{api}/healthz")
+        wait_up(f"{trivial}/ping")
+        ids = seed_jobs(url, owner, 1000, spec, 0)
+        phase("trivial FastAPI endpoint (ceiling)", trivial, 0, method="GET", path="/ping")
+        phase("GET /jobs/{id}", api, 1000, method="GET", path="/jobs/{id}", ids=ids)
+        phase("GET /jobs (first page)", api, 1000, method="GET", path="/jobs")
+        ids += seed_jobs(url, owner, args.jobs - 1000, spec, 1000)
+        analyze(url)  # as autovacuum would soon: measure a settled table, not one being analyzed meanwhile
+        deep = ids[len(ids) // 2]
+        phase("GET /jobs/{id}", api, args.jobs, method="GET", path="/jobs/{id}", ids=random.sample(ids, 5000))
+        phase("GET /jobs (first page)", api, args.jobs, method="GET", path="/jobs")
+        phase("GET /jobs (a page in the middle)", api, args.jobs, method="GET", path="/jobs", params={"after": deep})
+        phase("POST /jobs", api, args.jobs, method="POST", path="/jobs", body=spec)
+        phase("trivial FastAPI endpoint (ceiling)", trivial, 0, method="GET", path="/ping")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+        client = redis.Redis.from_url(REDIS_URL)
+        client.delete(queue, f"{queue}-validate")
+        drop_database(url)
+
+    ceiling = max(r["rps"] for r in rows if r["endpoint"].startswith("trivial"))
+    for row in rows:
+        row["of_ceiling"] = round(row["rps"] / ceiling, 3)
+    print(f"\n{os.cpu_count()} cores, {args.concurrency} clients, {args.duration:g} s per endpoint")
+    print("| endpoint | jobs in table | req/s | p50 ms | p99 ms | of ceiling | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['endpoint']} | {r['jobs']:,} | {r['rps']:,.0f} | {r['p50_ms']} | {r['p99_ms']} |"
+            f" {r['of_ceiling']:.0%} | {r['errors']} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "concurrency": args.concurrency}
+    args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
