@@ -406,8 +406,8 @@ def test_dockerfile_gpu_is_a_cuda_runtime_image_installing_the_worker_extra_as_n
     base = final(DOCKERFILE_GPU, "FROM").split()[0]
     assert re.fullmatch(r"nvidia/cuda:12\.[\d.]+-(cudnn-)?runtime-ubuntu\d+\.\d+", base), base
     text = " ".join(runs(DOCKERFILE_GPU))
-    assert ".[worker]" in text
-    assert "optional-dependencies']['worker']" in text, "the dependency layer must hold the training stack"
+    assert ".[worker,gpu]" in text
+    assert "extras['worker'] + extras['gpu']" in text, "the dependency layer must hold the training stack and Liger"
     assert final(DOCKERFILE_GPU, "USER").split(":")[0] not in ("root", "0")
     assert args_of(final(DOCKERFILE_GPU, "CMD"))[:2] == ["ftq", "worker"]
 
@@ -450,8 +450,8 @@ def test_dockerfiles_bake_in_no_secret(dockerfile: Path) -> None:
 
 def test_pyproject_pins_the_training_stack_and_keeps_it_out_of_the_base_dependencies() -> None:
     project = pyproject()["project"]
-    worker = project["optional-dependencies"]["worker"]
-    assert {"torch", "transformers", "trl", "peft", "bitsandbytes"} <= {package_name(r) for r in worker}
+    worker = project["optional-dependencies"]["worker"] + project["optional-dependencies"]["gpu"]
+    assert {"torch", "transformers", "trl", "peft", "bitsandbytes", "liger-kernel"} <= {package_name(r) for r in worker}
     for requirement in worker:
         assert re.fullmatch(r"[A-Za-z0-9._-]+(\[[^\]]+\])?==[0-9][A-Za-z0-9.+!-]*", requirement), requirement
     base = {package_name(r) for r in project["dependencies"]}
