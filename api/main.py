@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, Operat
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import checkpoints, events, files, health, jobs, me, users, workers
+from api.routes import checkpoints, evaluation, events, files, health, jobs, me, users, workers
 from api.routes.dashboard import mount_dashboard
 from shared.errors import FtqError
 from shared.reconciler import reconcile_once
@@ -111,6 +111,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(checkpoints.router)
+    app.include_router(evaluation.router)
     app.include_router(files.router)
     app.include_router(me.router)
     app.include_router(users.router)

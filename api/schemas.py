@@ -56,6 +56,9 @@ class Result(BaseModel):
     total_params: int | None = None
     quantization: dict[str, Any] | None = None
     hub_commit_url: str | None = Field(None, description="Commit of the final adapter on the Hub, when pushed.")
+    evaluation: dict[str, Any] | None = Field(
+        None, description="Scores on the evaluation rows (and the base model's, with `baseline`); see /evaluation."
+    )
 
 
 class ErrorInfo(BaseModel):

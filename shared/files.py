@@ -144,13 +144,15 @@ def delete_file(*, session: Session, file_id: str, owner_id: str | None = None) 
     return Path(record.path)
 
 
-def check_dataset_file(*, session: Session, ref: str, owner_id: str | None = None) -> UploadedFile | None:
+def check_dataset_file(
+    *, session: Session, ref: str, owner_id: str | None = None, param: str = "dataset.id"
+) -> UploadedFile | None:
     """The uploaded file a spec names, which must exist (and be readable by the caller); None for other refs."""
     if not is_file_id(ref):
         return None
     record = session.get(UploadedFile, ref)
     if record is None or (owner_id is not None and record.owner_id != owner_id):
-        raise InvalidInput(f"no uploaded file {ref!r}", code="file_not_found", param="dataset.id")
+        raise InvalidInput(f"no uploaded file {ref!r}", code="file_not_found", param=param)
     return record
 
 

@@ -27,18 +27,18 @@ def check_local_model(ref: str, roots: list[Path]) -> Path:
     return path
 
 
-def check_local_dataset(ref: str, roots: list[Path]) -> Path:
+def check_local_dataset(ref: str, roots: list[Path], *, param: str = "dataset.id") -> Path:
     """A local dataset must be a supported file or a folder, under an allowed root."""
-    path = resolve_under_roots(ref, roots, param="dataset.id")
+    path = resolve_under_roots(ref, roots, param=param)
     if path.is_dir():
         return path
     if not path.is_file():
-        raise InvalidInput(f"dataset {ref!r} does not exist", code="dataset_not_found", param="dataset.id")
+        raise InvalidInput(f"dataset {ref!r} does not exist", code="dataset_not_found", param=param)
     if path.suffix not in DATASET_SUFFIXES:
         raise InvalidInput(
             f"dataset file must end in one of {', '.join(DATASET_SUFFIXES)}",
             code="unsupported_format",
-            param="dataset.id",
+            param=param,
         )
     return path
 
@@ -60,7 +60,11 @@ def check_local_refs(spec: JobSpec, roots: list[Path]) -> None:
         check_local_model(spec.base_model, roots)
     else:
         refuse_hub_id_shadowed_by_path(spec.base_model, "base_model")
-    if is_local_path(spec.dataset.id):
-        check_local_dataset(spec.dataset.id, roots)
-    elif not is_file_id(spec.dataset.id):
-        refuse_hub_id_shadowed_by_path(spec.dataset.id, "dataset.id")
+    datasets = [("dataset.id", spec.dataset.id)]
+    if spec.evaluation is not None:
+        datasets.append(("evaluation.dataset.id", spec.evaluation.dataset.id))
+    for param, ref in datasets:
+        if is_local_path(ref):
+            check_local_dataset(ref, roots, param=param)
+        elif not is_file_id(ref):
+            refuse_hub_id_shadowed_by_path(ref, param)

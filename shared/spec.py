@@ -182,6 +182,21 @@ class WandbSpec(Strict):
     )
 
 
+class EvaluationSpec(Strict):
+    """Score the fine-tune (and, with `baseline`, the base model) on held-out rows after training."""
+
+    dataset: DatasetSpec = Field(..., description="Rows to score: each is split at the template into prompt and truth.")
+    metric: Literal["numeric", "exact_match"] = Field(
+        "numeric",
+        description="numeric: the course's price metrics (MAE, RMSLE, hit rate);"
+        " exact_match: the answer equals the truth.",
+    )
+    max_new_tokens: int = Field(8, ge=1, le=512, description="Tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 generates greedily (the default and the course's).")
+    batch_size: int = Field(16, ge=1, le=512, description="Prompts generated at once.")
+    baseline: bool = Field(False, description="Also score the base model without the adapter.")
+
+
 Auto = Literal["auto"]
 
 
@@ -228,6 +243,7 @@ class JobSpec(Strict):
     performance: PerformanceSpec = Field(
         default_factory=PerformanceSpec, description="Speed settings; `auto` chooses from the GPU's free memory."
     )
+    evaluation: EvaluationSpec | None = Field(None, description="Score the result on held-out rows after training.")
     hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
     wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")
     metadata: dict[MetaKey, MetaValue] = Field(

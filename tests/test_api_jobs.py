@@ -235,3 +235,23 @@ def test_numbers_beyond_the_database_are_refused_not_crashed_on(client: TestClie
 
     assert [r.status_code for r in (step, after, resume)] == [422, 422, 422]
     assert [r.json()["error"]["param"] for r in (step, after, resume)] == ["step", "after", "last-event-id"]
+
+
+def test_an_evaluation_dataset_outside_the_roots_is_a_422_on_its_field(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    response = client.post("/jobs", json={**spec, "evaluation": {"dataset": {"id": "/etc/passwd.jsonl"}}})
+
+    assert response.status_code == 422
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "path_not_allowed",
+        "evaluation.dataset.id",
+    )
+
+
+def test_a_job_without_an_evaluation_has_none_to_show(client: TestClient, spec: dict[str, Any]) -> None:
+    job_id = client.post("/jobs", json=spec).json()["id"]
+
+    response = client.get(f"/jobs/{job_id}/evaluation")
+
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")

@@ -12,6 +12,7 @@ from trl import SFTTrainer
 from shared.spec import JobSpec
 from worker.credentials import Credentials
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
+from worker.evaluation import evaluate
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
 from worker.performance import (
@@ -166,6 +167,16 @@ def train(
         "total_params": int(total),
         "quantization": describe_quantization(trainer.model, spec.quantization),
     }
+    if spec.evaluation is not None:
+        result["evaluation"] = evaluate(
+            trainer.model,
+            trainer.processing_class,
+            spec.evaluation,
+            job_dir / "evaluation",
+            reporter,
+            roots,
+            credentials.hf_token,
+        )
     if publisher is not None:
         result["hub_commit_url"] = publisher.push_final(adapter_dir)
     return Outcome(stopped=False, result=result, progress=progress.progress)

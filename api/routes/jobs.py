@@ -68,6 +68,9 @@ def create_fine_tune_job(
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
     uploaded = check_dataset_file(session=session, ref=spec.dataset.id, owner_id=owner_scope(user))
+    if spec.evaluation is not None:
+        ref = spec.evaluation.dataset.id
+        check_dataset_file(session=session, ref=ref, owner_id=owner_scope(user), param="evaluation.dataset.id")
     limits = user_limits(user)
     check_spec_limits(limits, spec)
     if uploaded is not None and uploaded.rows is not None:

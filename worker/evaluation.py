@@ -1,0 +1,108 @@
+"""After training, in the same process: generate an answer for each held-out prompt with the adapter on the 4-bit
+base (and, with `baseline`, without it), score the answers, and keep every prediction as JSONL.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from shared.spec import EvaluationSpec
+from worker.data import load_rows, split_at_template
+from worker.progress import Reporter
+from worker.scoring import grade, parse_number, score_numeric
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: list[str], spec: EvaluationSpec
+) -> list[str]:
+    """The completion the model writes after each prompt, batched, with left padding as generation needs."""
+    answers: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), spec.batch_size):
+            batch = tokenizer(prompts[start : start + spec.batch_size], return_tensors="pt", padding=True)
+            batch = batch.to(model.device)
+            sampling: dict[str, Any] = {"do_sample": spec.temperature > 0}
+            if spec.temperature > 0:
+                sampling["temperature"] = spec.temperature
+            output = model.generate(
+                **batch,
+                max_new_tokens=spec.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+                **sampling,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def _score(spec: EvaluationSpec, truths: list[str], answers: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if spec.metric == "exact_match":
+        hits = [answer.strip() == truth.strip() for truth, answer in zip(truths, answers, strict=True)]
+        rows: list[dict[str, Any]] = [
+            {"truth": t, "answer": a, "grade": "hit" if h else "miss"}
+            for t, a, h in zip(truths, answers, hits, strict=True)
+        ]
+        return {"rows": len(hits), "accuracy": sum(hits) / len(hits) if hits else 0.0}, rows
+    numbers = [(parse_number(truth), parse_number(answer)) for truth, answer in zip(truths, answers, strict=True)]
+    pairs = [(truth, guess) for truth, guess in numbers if truth is not None]
+    scored: list[dict[str, Any]] = [
+        {
+            "truth": truth,
+            "answer": answer,
+            "prediction": guess,
+            "grade": grade(truth, guess) if truth is not None else None,
+        }
+        for (truth, guess), answer in zip(numbers, answers, strict=True)
+    ]
+    return score_numeric(pairs).as_dict(), scored
+
+
+def evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: EvaluationSpec,
+    out_dir: Path,
+    reporter: Reporter,
+    roots: list[Path],
+    hf_token: str | None = None,
+) -> dict[str, Any]:
+    """Score the fine-tune (and the base model with `baseline`); write the predictions; return the figures."""
+    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
+    prompts, truths = list(pairs["prompt"]), list(pairs["completion"])
+    reporter.log(f"evaluating on {len(prompts)} rows", {"rows": len(prompts), "metric": spec.metric})
+    answers = generate_answers(model, tokenizer, prompts, spec)
+    figures, rows = _score(spec, truths, answers)
+    result: dict[str, Any] = {"metric": spec.metric, **figures}
+    if spec.baseline:
+        with model.disable_adapter():
+            base_answers = generate_answers(model, tokenizer, prompts, spec)
+        base_figures, base_rows = _score(spec, truths, base_answers)
+        result["baseline"] = base_figures
+        for row, base in zip(rows, base_rows, strict=True):
+            row["baseline_answer"] = base["answer"]
+            row["baseline_prediction"] = base.get("prediction")
+            row["baseline_grade"] = base["grade"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / PREDICTIONS_FILE
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "w") as out:
+        for index, row in enumerate(rows):
+            out.write(json.dumps({"row": index, **row}) + "\n")
+    partial.replace(path)
+    result["predictions_path"] = str(path)
+    reporter.log("evaluation done", {k: v for k, v in result.items() if k != "predictions_path"})
+    return result
