@@ -2,6 +2,7 @@
 API, GPU worker and validation worker on SQLite and the local Redis, training a tiny model on the CPU."""
 
 import hashlib
+import json
 import os
 import re
 import tarfile
@@ -25,6 +26,13 @@ CHROMIUM = "/usr/bin/chromium"
 VENDOR = STATIC_DIR / "vendor"
 TRAINED_STEPS = 40
 COUNT_POINTS = "() => Chart.getChart(document.getElementById('job-chart')).data.datasets[0].data.length"
+# Points per model on the evaluation scatter (the fine-tune's come in one dataset per grade; the diagonal is neither).
+COUNT_EVAL_POINTS = """() => {
+  const counts = {};
+  for (const set of Chart.getChart(document.getElementById('eval-scatter')).data.datasets)
+    counts[set.model] = (counts[set.model] || 0) + set.data.length;
+  return counts;
+}"""
 # Waits on the worker: validation and a ~10 s training child start; then the whole run (a tiny step takes 0.1-0.3 s
 # on an idle 2-CPU box, over 1 s while other test suites share it).
 UI_TIMEOUT_MS = 90_000
@@ -283,3 +291,48 @@ def test_a_checkpoint_downloads_from_the_page_with_the_key(
     download.save_as(saved)
     with tarfile.open(saved, "r:gz") as archive:
         assert f"{trained_job}-step-{TRAINED_STEPS}/adapter_config.json" in archive.getnames()
+
+
+def test_a_finished_jobs_evaluation_shows_both_models_scores_a_scatter_and_a_band_chart(
+    page: Page, dash_api: StackClient, tiny_model: Path, train_file: Path, artifacts: Path
+) -> None:
+    spec = job_spec(tiny_model, train_file, 2)
+    spec["evaluation"] = {
+        "dataset": {"id": str(train_file), "max_rows": 8},
+        "max_new_tokens": 6,
+        "batch_size": 4,
+        "baseline": True,
+    }
+    created = dash_api.post("/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert wait_for_end(dash_api, job_id, timeout_s=240)["status"] == "succeeded"
+    predictions = [
+        json.loads(line) for line in dash_api.get(f"/jobs/{job_id}/evaluation/predictions").text.splitlines()
+    ]
+
+    open_job(page, api_key(dash_api), job_id)
+
+    card = page.locator("#evaluation-card")
+    expect(card).to_be_visible()
+    expect(card.locator("#evaluation-body tr")).to_have_count(2)
+    expect(card.locator('tr[data-model="Fine-tune"] .rows')).to_have_text("8")
+    expect(card.locator('tr[data-model="Base model"] .rows')).to_have_text("8")
+    wait_until(
+        lambda: page.evaluate("() => !!Chart.getChart(document.getElementById('eval-bands'))"),
+        timeout_s=10,
+        what="the band chart",
+    )
+    points = page.evaluate(COUNT_EVAL_POINTS)
+    assert points["fine-tune"] == sum(row["prediction"] is not None for row in predictions)
+    assert points["base"] == sum(row["baseline_prediction"] is not None for row in predictions)
+    assert points["diagonal"] == 2
+    bands = page.evaluate("() => Chart.getChart(document.getElementById('eval-bands')).data")
+    assert len(bands["labels"]) == 5 and [d["label"] for d in bands["datasets"]] == ["fine-tune", "base model"]
+    page.wait_for_timeout(300)  # let the charts draw
+
+    path = artifacts / "dashboard-evaluation.png"
+    card.scroll_into_view_if_needed()
+    page.screenshot(path=str(path), full_page=True)
+    print(f"evaluation screenshot: {path}")  # noqa: T201
+    assert path.stat().st_size > 10_000

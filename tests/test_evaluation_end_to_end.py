@@ -78,3 +78,16 @@ def test_the_evaluation_is_told_in_the_events(evaluated: tuple[StackClient, dict
     messages = [e["message"] for e in client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]]
 
     assert "evaluating on 8 rows" in messages and "evaluation done" in messages
+
+
+def test_the_course_charts_are_served_as_png(evaluated: tuple[StackClient, dict[str, Any]]) -> None:
+    client, job = evaluated
+
+    urls = client.get(f"/jobs/{job['id']}/evaluation").json()["chart_urls"]
+    charts = [client.get(url) for url in urls]
+    unknown = client.get(f"/jobs/{job['id']}/evaluation/charts/secret.png")
+
+    assert [url.rsplit("/", 1)[1] for url in urls] == ["scatter.png", "error-by-band.png"]
+    assert all(c.status_code == 200 and c.headers["content-type"] == "image/png" for c in charts)
+    assert all(c.content.startswith(b"\x89PNG") and len(c.content) > 5000 for c in charts)
+    assert unknown.status_code == 404

@@ -1,6 +1,7 @@
 """The course's price metrics on hand-computed cases, and parsing of awkward answers."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,20 @@ def test_no_answers_at_all_score_no_error_and_no_hits() -> None:
     score = score_numeric([(10.0, None), (20.0, None)])
 
     assert (score.mae, score.rmsle, score.hit_rate, score.unparsable) == (None, None, 0.0, 2)
+
+
+def test_the_charts_are_drawn_and_the_band_errors_follow_the_rows(tmp_path: Path) -> None:
+    from worker.charts import draw_charts, mean_error_by_band
+
+    rows = [
+        {"truth": 20.0, "prediction": 30.0, "grade": "hit", "baseline_prediction": 60.0},
+        {"truth": 40.0, "prediction": None, "grade": "miss", "baseline_prediction": 40.0},
+        {"truth": 300.0, "prediction": 100.0, "grade": "miss", "baseline_prediction": None},
+    ]
+
+    paths = draw_charts(rows, tmp_path, baseline=True)
+
+    assert [p.name for p in paths] == ["scatter.png", "error-by-band.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    assert mean_error_by_band(rows) == [10.0, None, None, 200.0, None]
+    assert mean_error_by_band(rows, "baseline_prediction") == [20.0, None, None, None, None]

@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from shared.spec import EvaluationSpec
+from worker.charts import draw_charts
 from worker.data import load_rows, split_at_template
 from worker.progress import Reporter
 from worker.scoring import grade, parse_number, score_numeric
@@ -104,5 +105,8 @@ def evaluate(
             out.write(json.dumps({"row": index, **row}) + "\n")
     partial.replace(path)
     result["predictions_path"] = str(path)
+    if spec.metric == "numeric":
+        charts = draw_charts(rows, out_dir, baseline=spec.baseline)
+        result["charts"] = [chart.name for chart in charts]
     reporter.log("evaluation done", {k: v for k, v in result.items() if k != "predictions_path"})
     return result

@@ -1,9 +1,10 @@
 """A job's evaluation: the scores of the fine-tune (and of the base model) and every prediction."""
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -30,6 +31,7 @@ class EvaluationRead(BaseModel):
     accuracy: float | None = Field(None, description="exact_match: share of answers equal to the truth.")
     baseline: dict[str, Any] | None = Field(None, description="The same figures for the base model, when asked.")
     predictions_url: str
+    chart_urls: list[str] = Field([], description="PNG charts: truth against prediction, error by price band.")
 
 
 def _evaluation(job: Job) -> dict[str, Any]:
@@ -43,8 +45,9 @@ def _evaluation(job: Job) -> dict[str, Any]:
 def read_job_evaluation(job_id: JobId, session: SessionDep, user: CurrentUser) -> EvaluationRead:
     """The evaluation's scores, for the fine-tune and (with `baseline`) the base model."""
     evaluation = _evaluation(get_job(session=session, job_id=job_id, owner_id=owner_scope(user)))
-    fields = {k: v for k, v in evaluation.items() if k != "predictions_path"}
-    return EvaluationRead(**fields, predictions_url=f"/jobs/{job_id}/evaluation/predictions")
+    fields = {k: v for k, v in evaluation.items() if k not in ("predictions_path", "charts")}
+    charts = [f"/jobs/{job_id}/evaluation/charts/{name}" for name in evaluation.get("charts", [])]
+    return EvaluationRead(**fields, predictions_url=f"/jobs/{job_id}/evaluation/predictions", chart_urls=charts)
 
 
 @router.get(
@@ -58,3 +61,21 @@ def download_job_predictions(job_id: JobId, session: SessionDep, user: CurrentUs
     if not path.exists():
         raise JobNotFound(f"the predictions of job {job_id} are gone", param="job_id")
     return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}-predictions.jsonl")
+
+
+@router.get(
+    "/{job_id}/evaluation/charts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "A PNG chart."}, **errors(404)},
+)
+def download_job_chart(
+    job_id: JobId, name: Annotated[str, PathParam(pattern=r"^[a-z-]+\.png$")], session: SessionDep, user: CurrentUser
+) -> FileResponse:
+    """One of the evaluation's charts (`scatter.png`, `error-by-band.png`)."""
+    evaluation = _evaluation(get_job(session=session, job_id=job_id, owner_id=owner_scope(user)))
+    if name not in evaluation.get("charts", []):
+        raise JobNotFound(f"job {job_id} has no chart {name!r}", param="name")
+    path = Path(evaluation["predictions_path"]).parent / name
+    if not path.exists():
+        raise JobNotFound(f"the chart {name!r} of job {job_id} is gone", param="name")
+    return FileResponse(path, media_type="image/png")

@@ -273,6 +273,123 @@ function renderJobs(page) {
   $("jobs-more").hidden = !page.has_more;
 }
 
+// ---------------------------------------------------------------- evaluation (the course's price metrics)
+
+const GRADES = [
+  ["hit", "hit", "#2f9e57"],
+  ["near", "near miss", "#e08a1e"],
+  ["miss", "miss", "#c8322b"],
+];
+const BASE_COLOR = "#8a94a6";
+const BANDS = [
+  ["< $50", 0, 50],
+  ["$50–100", 50, 100],
+  ["$100–250", 100, 250],
+  ["$250–500", 250, 500],
+  ["≥ $500", 500, Infinity],
+];
+const money = (v) => `$${Number(v).toFixed(2)}`;
+const percent = (v) => `${(Number(v) * 100).toFixed(1)}%`;
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+
+function evaluationRow(name, figures) {
+  return el("tr", { attrs: { "data-model": name } }, [
+    el("td", { className: "model-name", text: name }),
+    el("td", { className: "rows", text: num(figures.rows, String) }),
+    el("td", { className: "mae", text: num(figures.mae, money) }),
+    el("td", { className: "rmsle", text: num(figures.rmsle, fixed(3)) }),
+    el("td", { className: "hit-rate", text: num(figures.hit_rate, percent) }),
+    el("td", { className: "near-rate", text: num(figures.near_rate, percent) }),
+    el("td", { className: "unparsable", text: num(figures.unparsable, String) }),
+  ]);
+}
+
+// Fine-tune points by grade (filled, coloured), the base model's hollow and grey, and the y = x diagonal.
+function newScatter(canvas, predictions, withBaseline) {
+  const Chart = globalThis.Chart;
+  const datasets = GRADES.map(([grade, label, color]) => ({
+    label: `fine-tune: ${label}`,
+    model: "fine-tune",
+    data: predictions.filter((p) => p.grade === grade && isNumber(p.prediction)).map((p) => ({ x: p.truth, y: p.prediction })),
+    backgroundColor: color,
+    borderColor: color,
+    pointRadius: 4,
+  }));
+  if (withBaseline) {
+    datasets.push({
+      label: "base model",
+      model: "base",
+      data: predictions.filter((p) => isNumber(p.baseline_prediction)).map((p) => ({ x: p.truth, y: p.baseline_prediction })),
+      backgroundColor: "rgba(0,0,0,0)",
+      borderColor: BASE_COLOR,
+      borderWidth: 1.5,
+      pointRadius: 4,
+    });
+  }
+  const values = datasets.flatMap((d) => d.data.flatMap((p) => [p.x, p.y])).concat(predictions.map((p) => p.truth));
+  const low = Math.min(0, ...values);
+  const high = Math.max(1, ...values);
+  datasets.push({
+    label: "y = x",
+    model: "diagonal",
+    type: "line",
+    data: [{ x: low, y: low }, { x: high, y: high }],
+    borderColor: "#b0b7c3",
+    borderDash: [4, 4],
+    borderWidth: 1,
+    pointRadius: 0,
+    pointHitRadius: 0,
+  });
+  return new Chart(canvas, {
+    type: "scatter",
+    data: { datasets },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      plugins: {
+        legend: { position: "bottom", labels: { boxWidth: 10, boxHeight: 10 } },
+        tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: truth ${money(ctx.parsed.x)}, predicted ${money(ctx.parsed.y)}` } },
+      },
+      scales: {
+        x: { type: "linear", title: { display: true, text: "true price ($)" } },
+        y: { type: "linear", title: { display: true, text: "predicted price ($)" } },
+      },
+    },
+  });
+}
+
+// Mean absolute error of the parsed answers in each band of the true price: fine-tune and base side by side.
+function newBandChart(canvas, predictions, withBaseline) {
+  const Chart = globalThis.Chart;
+  const inBand = BANDS.map(([, lo, hi]) => predictions.filter((p) => p.truth >= lo && p.truth < hi));
+  const mae = (rows, field) => {
+    const errors = rows.filter((p) => isNumber(p[field])).map((p) => Math.abs(p[field] - p.truth));
+    return errors.length ? errors.reduce((a, b) => a + b, 0) / errors.length : null;
+  };
+  const datasets = [
+    { label: "fine-tune", data: inBand.map((rows) => mae(rows, "prediction")), backgroundColor: "#3056d3" },
+  ];
+  if (withBaseline) {
+    datasets.push({ label: "base model", data: inBand.map((rows) => mae(rows, "baseline_prediction")), backgroundColor: BASE_COLOR });
+  }
+  return new Chart(canvas, {
+    type: "bar",
+    data: { labels: BANDS.map(([label], i) => `${label} (n=${inBand[i].length})`), datasets },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      plugins: {
+        legend: { position: "bottom", labels: { boxWidth: 10, boxHeight: 10 } },
+        tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: MAE ${num(ctx.raw, money)}` } },
+      },
+      scales: {
+        x: { title: { display: true, text: "true price" } },
+        y: { beginAtZero: true, title: { display: true, text: "mean absolute error ($)" } },
+      },
+    },
+  });
+}
+
 // ---------------------------------------------------------------- one job
 
 function newChart(canvas) {
@@ -331,7 +448,8 @@ function jobView(jobId) {
   const controller = new AbortController();
   const { signal } = controller;
   const base = `jobs/${encodeURIComponent(jobId)}`;
-  const view = { job: null, lastEventId: null, streamEnded: false, chart: null, drawPending: false, metrics: null };
+  const view = { job: null, lastEventId: null, streamEnded: false, chart: null, drawPending: false, metrics: null,
+    evaluationAsked: false, evalCharts: [] };
 
   // Reset what a previous job left on the page.
   $("job-title").textContent = jobId;
@@ -347,6 +465,9 @@ function jobView(jobId) {
   $("adapter-download").hidden = true;
   $("chart-empty").hidden = false;
   $("cancel-button").disabled = true;
+  $("evaluation-card").hidden = true;
+  $("evaluation-body").replaceChildren();
+  showError($("evaluation-error"), null);
   view.chart = newChart($("job-chart"));
 
   // --- the job itself, polled every couple of seconds until it is terminal
@@ -407,6 +528,37 @@ function jobView(jobId) {
     $("job-failure").hidden = !failure;
     $("adapter-download").hidden = !(job.status === "succeeded" && job.result && job.result.adapter_path);
     if (justEnded) refreshCheckpoints(); // the last checkpoint and its Hub commit
+    if (job.status === "succeeded" && !view.evaluationAsked) {
+      view.evaluationAsked = true; // once: an evaluation is written before the job succeeds and never changes
+      loadEvaluation();
+    }
+  }
+
+  // --- the evaluation, once the job has succeeded (a 404 means it has none)
+  async function loadEvaluation() {
+    let scores;
+    try {
+      scores = await apiJson(`${base}/evaluation`, { signal });
+    } catch (err) {
+      if (!isAbort(err) && err.status !== 404) showError($("job-error"), err);
+      return;
+    }
+    if (signal.aborted) return;
+    const withBaseline = Boolean(scores.baseline);
+    const rows = [evaluationRow("Fine-tune", scores)];
+    if (withBaseline) rows.push(evaluationRow("Base model", scores.baseline));
+    $("evaluation-body").replaceChildren(...rows);
+    $("evaluation-card").hidden = false;
+    try {
+      const text = await (await api(`${base}/evaluation/predictions`, { signal })).text();
+      if (signal.aborted) return;
+      const predictions = text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line))
+        .filter((p) => isNumber(p.truth));
+      view.evalCharts.push(newScatter($("eval-scatter"), predictions, withBaseline));
+      view.evalCharts.push(newBandChart($("eval-bands"), predictions, withBaseline));
+    } catch (err) {
+      if (!isAbort(err)) showError($("evaluation-error"), err);
+    }
   }
 
   async function jobLoop() {
@@ -594,8 +746,11 @@ function jobView(jobId) {
 
   const onCancel = () => cancel();
   const onAdapter = (event) => download(`${base}/adapter/download`, `${jobId}-adapter.tar.gz`, event.currentTarget);
+  const onPredictions = (event) =>
+    download(`${base}/evaluation/predictions`, `${jobId}-predictions.jsonl`, event.currentTarget);
   $("cancel-button").addEventListener("click", onCancel);
   $("adapter-download").addEventListener("click", onAdapter);
+  $("predictions-download").addEventListener("click", onPredictions);
 
   (async () => {
     await refreshJob();
@@ -615,6 +770,9 @@ function jobView(jobId) {
       controller.abort();
       $("cancel-button").removeEventListener("click", onCancel);
       $("adapter-download").removeEventListener("click", onAdapter);
+      $("predictions-download").removeEventListener("click", onPredictions);
+      for (const chart of view.evalCharts) chart.destroy();
+      view.evalCharts = [];
       if (view.chart) view.chart.destroy();
       view.chart = null;
     },
