@@ -329,6 +329,8 @@ def test_a_finished_jobs_evaluation_shows_both_models_scores_a_scatter_and_a_ban
     assert points["diagonal"] == 2
     bands = page.evaluate("() => Chart.getChart(document.getElementById('eval-bands')).data")
     assert len(bands["labels"]) == 5 and [d["label"] for d in bands["datasets"]] == ["fine-tune", "base model"]
+    if points["fine-tune"] + points["base"] == 0:
+        expect(page.locator("#eval-scatter-empty")).to_contain_text("No parsable answer")
     page.wait_for_timeout(300)  # let the charts draw
 
     path = artifacts / "dashboard-evaluation.png"
@@ -336,3 +338,34 @@ def test_a_finished_jobs_evaluation_shows_both_models_scores_a_scatter_and_a_ban
     page.screenshot(path=str(path), full_page=True)
     print(f"evaluation screenshot: {path}")  # noqa: T201
     assert path.stat().st_size > 10_000
+
+    # The tiny model seldom answers with a number: graded rows served in place of its own show the colours and bands.
+    graded = [
+        {"row": 0, "truth": 30.0, "prediction": 35.0, "grade": "hit", "baseline_prediction": 90.0},
+        {"row": 1, "truth": 80.0, "prediction": 140.0, "grade": "near", "baseline_prediction": None},
+        {"row": 2, "truth": 200.0, "prediction": 20.0, "grade": "miss", "baseline_prediction": 210.0},
+        {"row": 3, "truth": 600.0, "prediction": None, "grade": "miss", "baseline_prediction": 100.0},
+    ]
+    body = "".join(json.dumps(row) + "\n" for row in graded)
+    page.route(re.compile(r"/evaluation/predictions$"), lambda route: route.fulfill(body=body))
+    page.reload()
+    wait_until(
+        lambda: page.evaluate("() => !!Chart.getChart(document.getElementById('eval-bands'))"),
+        timeout_s=10,
+        what="the band chart over graded rows",
+    )
+    sets = page.evaluate(
+        "() => Chart.getChart(document.getElementById('eval-scatter')).data.datasets"
+        ".map(d => [d.label, d.backgroundColor, d.data.length])"
+    )
+    assert sets[:4] == [
+        ["fine-tune: hit", "#2f9e57", 1],
+        ["fine-tune: near miss", "#e08a1e", 1],
+        ["fine-tune: miss", "#c8322b", 1],
+        ["base model", "rgba(0,0,0,0)", 3],
+    ]
+    maes = page.evaluate("() => Chart.getChart(document.getElementById('eval-bands')).data.datasets.map(d => d.data)")
+    assert maes == [[5, 60, 180, None, None], [60, None, 10, None, 500]]
+    expect(page.locator("#eval-scatter-empty")).to_be_hidden()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts / "dashboard-evaluation-graded.png"), full_page=True)

@@ -468,6 +468,7 @@ function jobView(jobId) {
   $("evaluation-card").hidden = true;
   $("evaluation-body").replaceChildren();
   showError($("evaluation-error"), null);
+  $("eval-scatter-empty").hidden = true;
   view.chart = newChart($("job-chart"));
 
   // --- the job itself, polled every couple of seconds until it is terminal
@@ -556,6 +557,9 @@ function jobView(jobId) {
         .filter((p) => isNumber(p.truth));
       view.evalCharts.push(newScatter($("eval-scatter"), predictions, withBaseline));
       view.evalCharts.push(newBandChart($("eval-bands"), predictions, withBaseline));
+      const parsed = predictions.filter((p) => isNumber(p.prediction) || isNumber(p.baseline_prediction)).length;
+      $("eval-scatter-empty").textContent = parsed ? "" : `No parsable answer to plot (${predictions.length} rows, all unparsable).`;
+      $("eval-scatter-empty").hidden = parsed > 0;
     } catch (err) {
       if (!isAbort(err)) showError($("evaluation-error"), err);
     }
