@@ -78,6 +78,12 @@ def test_the_evaluation_is_told_in_the_events(evaluated: tuple[StackClient, dict
     messages = [e["message"] for e in client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]]
 
     assert "evaluating on 8 rows" in messages and "evaluation done" in messages
+    assert [m for m in messages if m.startswith("evaluating the ")] == [
+        "evaluating the fine-tune: 4/8 answered",
+        "evaluating the fine-tune: 8/8 answered",
+        "evaluating the base model: 4/8 answered",
+        "evaluating the base model: 8/8 answered",
+    ]
 
 
 def test_the_course_charts_are_served_as_png(evaluated: tuple[StackClient, dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@ base (and, with `baseline`, without it), score the answers, and keep every predi
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,14 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 @torch.no_grad()
 def generate_answers(
-    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: list[str], spec: EvaluationSpec
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    spec: EvaluationSpec,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """The completion the model writes after each prompt, batched, with left padding as generation needs."""
+    """The completion the model writes after each prompt, batched, with left padding as generation needs;
+    `on_batch` hears how many prompts are answered after each batch."""
     answers: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -44,6 +50,8 @@ def generate_answers(
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            if on_batch is not None:
+                on_batch(len(answers))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -85,12 +93,19 @@ def evaluate(
     pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
     prompts, truths = list(pairs["prompt"]), list(pairs["completion"])
     reporter.log(f"evaluating on {len(prompts)} rows", {"rows": len(prompts), "metric": spec.metric})
-    answers = generate_answers(model, tokenizer, prompts, spec)
+
+    def progress(model_name: str) -> Callable[[int], None]:
+        def report(done: int) -> None:
+            reporter.log(f"evaluating the {model_name}: {done}/{len(prompts)} answered", {"done": done})
+
+        return report
+
+    answers = generate_answers(model, tokenizer, prompts, spec, progress("fine-tune"))
     figures, rows = _score(spec, truths, answers)
     result: dict[str, Any] = {"metric": spec.metric, **figures}
     if spec.baseline:
         with model.disable_adapter():
-            base_answers = generate_answers(model, tokenizer, prompts, spec)
+            base_answers = generate_answers(model, tokenizer, prompts, spec, progress("base model"))
         base_figures, base_rows = _score(spec, truths, base_answers)
         result["baseline"] = base_figures
         for row, base in zip(rows, base_rows, strict=True):
