@@ -1,20 +1,14 @@
 """Response bodies of the API (the request body is `shared.spec.JobSpec` itself)."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from shared.models import EventType, Job, JobStatus
+from shared.models import EventType, Job, JobStatus, as_utc
 from shared.spec import JobSpec
 
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 # Integer parameters compared with database columns must fit them (PostgreSQL refuses larger values).
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1

@@ -2,20 +2,12 @@
 
 import argparse
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from shared.settings import get_settings
+from shared.settings import apply_data_dir
 
 AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
-
-
-def _use_data_dir(args: argparse.Namespace) -> None:
-    if getattr(args, "data_dir", None):
-        os.environ["FTQ_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-    get_settings.cache_clear()
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -24,7 +16,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from shared.db import session_scope
     from shared.errors import FtqError
 
-    _use_data_dir(args)
+    apply_data_dir(getattr(args, "data_dir", None))
     with session_scope() as session:
         try:
             key, raw = create_api_key(session=session, name=args.name, is_admin=args.admin)
@@ -42,7 +34,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from shared.auth import list_api_keys
     from shared.db import session_scope
 
-    _use_data_dir(args)
+    apply_data_dir(getattr(args, "data_dir", None))
     with session_scope() as session:
         rows: list[dict[str, Any]] = [
             {
@@ -71,7 +63,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from shared.db import session_scope
     from shared.errors import FtqError
 
-    _use_data_dir(args)
+    apply_data_dir(getattr(args, "data_dir", None))
     with session_scope() as session:
         try:
             key = revoke_api_key(session=session, ref=args.key)
@@ -88,7 +80,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     from shared.db import session_scope
     from shared.users import list_users
 
-    _use_data_dir(args)
+    apply_data_dir(getattr(args, "data_dir", None))
     with session_scope() as session:
         rows: list[dict[str, Any]] = [
             {"id": u.id, "name": u.name, "admin": u.is_admin, "priority": u.priority, "limits": u.limits}
@@ -112,7 +104,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
     from shared.limits import UserLimits, user_limits
     from shared.users import get_user_by_name, update_user
 
-    _use_data_dir(args)
+    apply_data_dir(getattr(args, "data_dir", None))
     with session_scope() as session:
         try:
             user = get_user_by_name(session=session, name=args.name)

@@ -6,20 +6,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 from ftq.admin import add_admin_commands
 from ftq.commands import add_user_commands
-from shared.settings import Settings, get_settings
-
-
-def _apply_data_dir(data_dir: str | None) -> Settings:
-    # Children inherit the environment, so the data dir travels to the API and the worker this way.
-    if data_dir:
-        os.environ["FTQ_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
-    get_settings.cache_clear()
-    return get_settings()
+from shared.settings import Settings, apply_data_dir
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -31,7 +22,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ftq up: {exc}", file=sys.stderr)
         return 2
-    settings = _apply_data_dir(args.data_dir)
+    settings = apply_data_dir(args.data_dir)
     new_key = prepare_data_dir(settings)
     key_file = settings.data_path / "admin.key"
     if new_key:
@@ -96,7 +87,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Run only the API server."""
     from ftq.stack import api_command
 
-    _apply_data_dir(args.data_dir)
+    apply_data_dir(args.data_dir)
     command = api_command(args.host, args.port)
     os.execv(command[0], command)
 
@@ -105,7 +96,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run only a worker (one job at a time): a training worker, pinned with --gpu N, or a validation worker."""
     from ftq.stack import gpu_worker, worker_command
 
-    settings = _apply_data_dir(args.data_dir)
+    settings = apply_data_dir(args.data_dir)
     if args.validate:
         command = worker_command(settings, args.name or "validate", validate=True)
     else:
@@ -119,7 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database to the newest schema."""
     from shared.migrate import upgrade_database
 
-    settings = _apply_data_dir(args.data_dir)
+    settings = apply_data_dir(args.data_dir)
     upgrade_database(settings.db_url)
     print("database is up to date")
     return 0

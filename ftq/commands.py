@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ftq.client import APIError, Client, config_path
+from ftq.client import TERMINAL, APIError, Client, config_path
 from ftq.follow import Follower, age, describe, event_line, exit_code, outcome_line, print_json
 from shared.models import JobStatus
 
@@ -85,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(job)
         return 0
     print(describe(job))
-    if job.status.value in ("succeeded", "failed", "cancelled"):
+    if job.status.value in TERMINAL:
         print(outcome_line(job))
     if job.wandb_url:
         print(f"W&B: {job.wandb_url}")

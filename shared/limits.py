@@ -62,19 +62,20 @@ def check_spec_limits(limits: UserLimits, spec: JobSpec) -> None:
             raise LimitExceeded(name, allowed, asked, f"{param}={asked:g}", param=param)
 
 
+def _check_rows(limits: UserLimits, rows: int) -> None:
+    if limits.max_rows is not None and rows > limits.max_rows:
+        message = f"a dataset of {rows} rows (set dataset.max_rows to train on fewer)"
+        raise LimitExceeded("max_rows", limits.max_rows, rows, message, param="dataset.max_rows")
+
+
 def check_rows_limit(limits: UserLimits, spec: JobSpec, rows: int) -> None:
     """Refuse a dataset of `rows` rows (of which the spec may take fewer) over the `max_rows` cap."""
-    used = min(rows, spec.dataset.max_rows or rows)
-    if limits.max_rows is not None and used > limits.max_rows:
-        message = f"a dataset of {used} rows (set dataset.max_rows to train on fewer)"
-        raise LimitExceeded("max_rows", limits.max_rows, used, message, param="dataset.max_rows")
+    _check_rows(limits, min(rows, spec.dataset.max_rows or rows))
 
 
 def check_planned_limits(limits: UserLimits, *, rows: int, planned_steps: int) -> None:
     """Refuse what only the data tells: more rows, or (by epochs) more steps, than the caps allow."""
-    if limits.max_rows is not None and rows > limits.max_rows:
-        message = f"a dataset of {rows} rows (set dataset.max_rows to train on fewer)"
-        raise LimitExceeded("max_rows", limits.max_rows, rows, message, param="dataset.max_rows")
+    _check_rows(limits, rows)
     if limits.max_steps is not None and planned_steps > limits.max_steps:
         message = f"{planned_steps} planned steps (set hyperparameters.max_steps)"
         raise LimitExceeded("max_steps", limits.max_steps, planned_steps, message, param="hyperparameters.max_steps")

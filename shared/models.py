@@ -34,6 +34,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones; every stored time is UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def new_id(prefix: str) -> str:
     """A random, sortable-enough public id such as `ftjob-3f2a...`."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"

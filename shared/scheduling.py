@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus, User
+from shared.models import Job, JobStatus, User, as_utc
 
 LIVE = (JobStatus.running, JobStatus.cancelling)
 
@@ -50,7 +50,7 @@ def fair_order(
         by_owner.setdefault(job.owner_id, []).append((-job.priority, job.created_at, job.id))
     for jobs in by_owner.values():
         jobs.sort()
-    started: dict[str, Turn] = {owner: (0, _utc(at)) for owner, at in (last_started or {}).items()}
+    started: dict[str, Turn] = {owner: (0, as_utc(at)) for owner, at in (last_started or {}).items()}
     # Heap entries: (running, turn, -priority, created_at, id, owner).
     heads: list[tuple[int, Turn, int, datetime, str, str]] = [
         (running.get(owner, 0), started.get(owner, NEVER), *jobs[0], owner) for owner, jobs in by_owner.items()
@@ -71,11 +71,6 @@ def fair_order(
             turn: Turn = (1, len(order))
             heapq.heappush(heads, (share + 1, turn, *by_owner[owner][next_index[owner]], owner))
     return order, held
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _queued(session: Session) -> list[QueuedJob]:

@@ -1,5 +1,6 @@
 """Service settings, read from the environment (and an optional `.env`)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,3 +84,12 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def apply_data_dir(data_dir: str | None) -> Settings:
+    """Point this process (and the children it starts) at `data_dir`, when given; the settings read afresh."""
+    # Children inherit the environment, so the data dir travels to the API and the workers this way.
+    if data_dir:
+        os.environ["FTQ_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+    get_settings.cache_clear()
+    return get_settings()

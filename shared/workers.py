@@ -3,13 +3,13 @@
 `GET /workers` reads it; a worker's current job is the live job that names it (`Job.worker`).
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus, Worker, utcnow
+from shared.models import Job, JobStatus, Worker, as_utc, utcnow
 
 LIVE = (JobStatus.running, JobStatus.cancelling)
 
@@ -57,8 +57,7 @@ def worker_state(worker: Worker, now: datetime, stale_after_s: float) -> WorkerS
     """`online`, `offline` (no heartbeat for `stale_after_s`) or `stopped`."""
     if worker.stopped_at is not None:
         return "stopped"
-    beat = worker.heartbeat_at.replace(tzinfo=UTC) if worker.heartbeat_at.tzinfo is None else worker.heartbeat_at
-    return "online" if now - beat <= timedelta(seconds=stale_after_s) else "offline"
+    return "online" if now - as_utc(worker.heartbeat_at) <= timedelta(seconds=stale_after_s) else "offline"
 
 
 def list_workers(*, session: Session) -> list[tuple[Worker, Job | None]]:
