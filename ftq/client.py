@@ -35,7 +35,7 @@ from api.schemas import (
     JobRead,
 )
 from api.schemas_team import MeRead, WorkerList, WorkerRead
-from shared.spec import JobSpec
+from shared.spec import JobSpec, is_job_id
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -82,8 +82,9 @@ def resolve_config(base_url: str | None, api_key: str | None) -> tuple[str, str 
 def load_spec(spec: JobSpec | dict[str, Any] | str | Path) -> dict[str, Any]:
     """A spec as the request body: a JobSpec, a dict, or the path of a .yaml/.yml/.json file.
 
-    In a file, a `base_model` or `dataset.id` starting with `./` or `../` is relative to the file: it is sent
-    as an absolute path (the server only reads absolute paths under its allowed roots).
+    In a file, a `base_model`, `adapter`, `dataset.id` or `evaluation.dataset.id` starting with `./` or `../` is
+    relative to the file: it is sent as an absolute path (the server only reads absolute paths under its allowed
+    roots).
     """
     if isinstance(spec, JobSpec):
         return spec.model_dump(mode="json", exclude_unset=True)
@@ -103,11 +104,17 @@ def _absolute_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
             return str((base / ref).resolve())
         return ref
 
-    spec = dict(spec)
-    if "base_model" in spec:
-        spec["base_model"] = absolute(spec["base_model"])
-    if isinstance(spec.get("dataset"), dict):
-        spec["dataset"] = {**spec["dataset"], "id": absolute(spec["dataset"].get("id"))}
+    def with_absolute_dataset(section: Any) -> Any:
+        if isinstance(section, dict) and isinstance(section.get("dataset"), dict):
+            return {**section, "dataset": {**section["dataset"], "id": absolute(section["dataset"].get("id"))}}
+        return section
+
+    spec = with_absolute_dataset(dict(spec))
+    for name in ("base_model", "adapter"):
+        if name in spec:
+            spec[name] = absolute(spec[name])
+    if "evaluation" in spec:
+        spec["evaluation"] = with_absolute_dataset(spec["evaluation"])
     return spec
 
 
@@ -174,6 +181,46 @@ class Jobs:
         return the job the first request created."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.client.parse(JobRead, "POST", "/jobs", json=load_spec(spec), headers=headers)
+
+    def evaluate(
+        self,
+        dataset: str | dict[str, Any],
+        *,
+        adapter: str | None = None,
+        base_model: str | None = None,
+        idempotency_key: str | None = None,
+        **evaluation: Any,
+    ) -> JobRead:
+        """Score an adapter (a fine-tune job's id, a local directory or a Hub id) or, without one, `base_model` on a
+        dataset, without training: a job of kind `evaluation`. With a job id the base model and quantization
+        default to that job's. `evaluation` takes the evaluation block's settings (metric, baseline, ...)."""
+        return self.create(
+            self.evaluation_spec(dataset, adapter=adapter, base_model=base_model, **evaluation),
+            idempotency_key=idempotency_key,
+        )
+
+    def evaluation_spec(
+        self,
+        dataset: str | dict[str, Any],
+        *,
+        adapter: str | None = None,
+        base_model: str | None = None,
+        **evaluation: Any,
+    ) -> dict[str, Any]:
+        """The spec `evaluate` submits (local paths made absolute; a job id's base model filled in)."""
+        spec: dict[str, Any] = {"kind": "evaluation"}
+        if adapter is not None and is_job_id(adapter):
+            trained = self.get(adapter).spec
+            spec.update(base_model=trained.base_model, quantization=trained.quantization.model_dump(mode="json"))
+        if base_model is not None:
+            spec["base_model"] = base_model
+        if "base_model" not in spec:
+            raise ValueError("name the base model (or an adapter that is an ftq job id)")
+        if adapter is not None:
+            spec["adapter"] = adapter
+        data = {"id": dataset} if isinstance(dataset, str) else dataset
+        spec["evaluation"] = {"dataset": data, **{k: v for k, v in evaluation.items() if v is not None}}
+        return _absolute_paths(spec, Path.cwd())
 
     def dry_run(self, spec: JobSpec | dict[str, Any] | str | Path) -> DryRun:
         """Validate a spec and plan it (stats, planned steps) without storing anything."""

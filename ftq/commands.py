@@ -36,22 +36,45 @@ def _finish(client: Client, job_id: str, *, logs: bool, as_json: bool) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a job from a YAML or JSON spec; with --wait, follow it to its end."""
     with _client(args) as client:
-        if args.dry_run:
-            plan = client.jobs.dry_run(args.spec)
-            if args.json:
-                print_json(plan)
-            else:
-                print(f"valid: {plan.planned_steps} steps planned, {plan.stats.rows} rows")
-                for warning in plan.warnings:
-                    print(f"warning: {warning}")
-            return 0
-        job = client.jobs.create(args.spec, idempotency_key=args.idempotency_key)
-        if not args.wait:
-            print_json(job) if args.json else print(job.id)
-            return 0
-        if not args.json:
-            print(f"submitted {job.id}", flush=True)
-        return _finish(client, job.id, logs=False, as_json=args.json)
+        return _submit(client, args.spec, args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score an adapter (an ftq job id, a local directory or a Hub id) or a base model on a dataset, without
+    training; with --wait, follow it and print the scores."""
+    dataset = {"id": args.dataset, "split": args.split, "max_rows": args.max_rows}
+    dataset["response_template"] = args.response_template
+    with _client(args) as client:
+        spec = client.jobs.evaluation_spec(
+            {k: v for k, v in dataset.items() if v is not None},
+            adapter=args.adapter,
+            base_model=args.base_model,
+            metric=args.metric,
+            baseline=args.baseline or None,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
+        return _submit(client, spec, args)
+
+
+def _submit(client: Client, spec: Path | dict[str, Any], args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = client.jobs.dry_run(spec)
+        if args.json:
+            print_json(plan)
+        else:
+            unit = "answers" if plan.spec.kind == "evaluation" else "steps"
+            print(f"valid: {plan.planned_steps} {unit} planned, {plan.stats.rows} rows")
+            for warning in plan.warnings:
+                print(f"warning: {warning}")
+        return 0
+    job = client.jobs.create(spec, idempotency_key=args.idempotency_key)
+    if not args.wait:
+        print_json(job) if args.json else print(job.id)
+        return 0
+    if not args.json:
+        print(f"submitted {job.id}", flush=True)
+    return _finish(client, job.id, logs=False, as_json=args.json)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -198,6 +221,20 @@ def add_user_commands(sub: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 failed, 3 cancelled)")
     submit.add_argument("--dry-run", action="store_true", help="validate and plan only")
     submit.add_argument("--idempotency-key", help="a retry with the same key returns the first job")
+    evaluate = command("eval", cmd_eval)
+    evaluate.add_argument("--dataset", required=True, help="rows to score: a local file, an uploaded file id, a Hub id")
+    evaluate.add_argument("--adapter", help="an ftq job id, a local adapter directory or a Hub id (default: none)")
+    evaluate.add_argument("--base-model", help="the base model (default: the adapter job's)")
+    evaluate.add_argument("--split", help="dataset split (default train)")
+    evaluate.add_argument("--max-rows", type=int, help="score the first N rows only")
+    evaluate.add_argument("--response-template", help='text that ends each prompt (default "Price is $")')
+    evaluate.add_argument("--metric", choices=["numeric", "exact_match"], help="default numeric (prices)")
+    evaluate.add_argument("--baseline", action="store_true", help="also score the base model without the adapter")
+    evaluate.add_argument("--max-new-tokens", type=int, help="tokens generated per answer (default 8)")
+    evaluate.add_argument("--batch-size", type=int, help="prompts generated at once (default 16)")
+    evaluate.add_argument("--wait", action="store_true", help="follow the job to its end and print the scores")
+    evaluate.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    evaluate.add_argument("--idempotency-key", help="a retry with the same key returns the first job")
     listing = command("list", cmd_list)
     listing.add_argument("--status", choices=[status.value for status in JobStatus])
     listing.add_argument("--limit", type=int, default=50)

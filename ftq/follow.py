@@ -26,7 +26,8 @@ def describe(job: JobRead) -> str:
     p = job.progress
     parts = [f"{job.id} {job.status.value}"]
     if p.total_steps:
-        parts.append(f"step {p.step}/{p.total_steps}")
+        unit = "answered" if job.spec.kind == "evaluation" else "step"
+        parts.append(f"{unit} {p.step}/{p.total_steps}")
     if p.loss is not None:
         parts.append(f"loss {p.loss:.4f}")
     if p.tokens_per_second:
@@ -53,11 +54,31 @@ def event_line(event: EventRead) -> str:
     return f"{event.created_at.astimezone():%H:%M:%S} {event.type.value:<10} {event.message}"
 
 
+def scores_line(scores: dict[str, Any]) -> str:
+    """An evaluation's figures on one line, the base model's after them."""
+
+    def figures(of: dict[str, Any]) -> str:
+        if "accuracy" in of:
+            return f"accuracy {of['accuracy']:.1%} on {of['rows']} rows"
+        mae, rmsle = of.get("mae"), of.get("rmsle")
+        return (
+            f"MAE {'-' if mae is None else f'{mae:,.2f}'}, RMSLE {'-' if rmsle is None else f'{rmsle:.3f}'},"
+            f" hits {of.get('hit_rate', 0):.1%}, unparsable {of.get('unparsable', 0)} of {of.get('rows', 0)} rows"
+        )
+
+    line = f"{scores.get('model', 'fine-tune')}: {figures(scores)}"
+    if "baseline" in scores:
+        line += f"; base model: {figures(scores['baseline'])}"
+    return line
+
+
 def outcome_line(job: JobRead) -> str:
     """How the job ended, with where its result is or why it failed."""
     took = ""
     if job.started_at and job.finished_at:
         took = f" in {format_duration((job.finished_at - job.started_at).total_seconds())}"
+    if job.status.value == "succeeded" and job.spec.kind == "evaluation":
+        return f"succeeded{took}: {scores_line(job.result.evaluation or {})}"
     if job.status.value == "succeeded":
         where = job.result.hub_commit_url or job.result.adapter_path or ""
         loss = f"{job.progress.loss:.4f}" if job.progress.loss is not None else "-"

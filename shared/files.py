@@ -156,9 +156,9 @@ def check_dataset_file(
     return record
 
 
-def uploaded_file_path(*, session: Session, file_id: str) -> Path:
-    """Where an uploaded file's bytes are (a deleted file fails the job on `dataset.id`)."""
+def uploaded_file_path(*, session: Session, file_id: str, param: str = "dataset.id") -> Path:
+    """Where an uploaded file's bytes are (a deleted file fails the job on `param`)."""
     record = session.get(UploadedFile, file_id)
     if record is None:
-        raise InvalidInput(f"uploaded file {file_id} no longer exists", code="dataset_not_found", param="dataset.id")
+        raise InvalidInput(f"uploaded file {file_id} no longer exists", code="dataset_not_found", param=param)
     return Path(record.path)

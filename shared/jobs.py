@@ -37,6 +37,36 @@ def create_job(*, session: Session, spec: JobSpec, owner: User) -> Job:
     return job
 
 
+def check_adapter_job(*, session: Session, spec: JobSpec, owner_id: str | None) -> Job:
+    """The succeeded fine-tune whose adapter an evaluation job names, trained on the job's base model (422 else)."""
+    job = session.get(Job, spec.adapter)
+    if job is None or (owner_id is not None and job.owner_id != owner_id):
+        raise InvalidInput(f"no job {spec.adapter!r}", code="adapter_not_found", param="adapter")
+    if job.status is not JobStatus.succeeded or not (job.result or {}).get("adapter_path"):
+        raise InvalidInput(
+            f"job {job.id} is {job.status.value}: only a succeeded fine-tune has an adapter to score",
+            code="adapter_not_ready",
+            param="adapter",
+        )
+    trained_on = job.spec.get("base_model")
+    if trained_on != spec.base_model:
+        raise InvalidInput(
+            f"the adapter of {job.id} was trained on {trained_on!r}, not {spec.base_model!r}",
+            code="base_model_mismatch",
+            param="base_model",
+        )
+    return job
+
+
+def adapter_job_path(*, session: Session, job_id: str) -> str:
+    """Where the adapter of a succeeded fine-tune was saved."""
+    job = session.get(Job, job_id)
+    path = (job.result or {}).get("adapter_path") if job is not None else None
+    if not path:
+        raise InvalidInput(f"job {job_id} has no saved adapter", code="adapter_not_found", param="adapter")
+    return str(path)
+
+
 def _from_validating(session: Session, job_id: str, **values: Any) -> bool:
     result = session.execute(
         update(Job)
@@ -48,15 +78,22 @@ def _from_validating(session: Session, job_id: str, **values: Any) -> bool:
 
 
 def pass_validation(
-    *, session: Session, job_id: str, stats: dict[str, Any], planned_steps: int, warnings: list[str]
+    *,
+    session: Session,
+    job_id: str,
+    stats: dict[str, Any],
+    planned_steps: int,
+    warnings: list[str],
+    unit: str = "steps",
 ) -> bool:
-    """Queue a validated job, keeping its dataset statistics and planned step count."""
+    """Queue a validated job, keeping its dataset statistics and planned step count (an evaluation job plans
+    `answers`)."""
     progress = {"step": 0, "total_steps": planned_steps, "trained_tokens": 0}
     if not _from_validating(session, job_id, status=JobStatus.queued, stats=stats, progress=progress):
         return False
     for warning in warnings:
         add_event(session=session, job_id=job_id, type=EventType.warning, level="warning", message=warning)
-    add_status_event(session, job_id, JobStatus.queued, f"queued ({planned_steps} steps planned)", stats=stats)
+    add_status_event(session, job_id, JobStatus.queued, f"queued ({planned_steps} {unit} planned)", stats=stats)
     return True
 
 

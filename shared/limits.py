@@ -51,32 +51,34 @@ def user_limits(user: User) -> UserLimits:
 def check_spec_limits(limits: UserLimits, spec: JobSpec) -> None:
     """Refuse a spec bigger than the caps allow (its steps, epochs, length or declared rows)."""
     hp = spec.hyperparameters
+    field, dataset = spec.main_dataset()
     checks = [
         ("max_steps", limits.max_steps, hp.max_steps, "hyperparameters.max_steps"),
         ("max_epochs", limits.max_epochs, None if hp.max_steps else hp.epochs, "hyperparameters.epochs"),
         ("max_length", limits.max_length, hp.max_length, "hyperparameters.max_length"),
-        ("max_rows", limits.max_rows, spec.dataset.max_rows, "dataset.max_rows"),
+        ("max_rows", limits.max_rows, dataset.max_rows, f"{field}.max_rows"),
     ]
     for name, allowed, asked, param in checks:
         if allowed is not None and asked is not None and asked > allowed:
             raise LimitExceeded(name, allowed, asked, f"{param}={asked:g}", param=param)
 
 
-def _check_rows(limits: UserLimits, rows: int) -> None:
+def _check_rows(limits: UserLimits, rows: int, field: str) -> None:
     if limits.max_rows is not None and rows > limits.max_rows:
-        message = f"a dataset of {rows} rows (set dataset.max_rows to train on fewer)"
-        raise LimitExceeded("max_rows", limits.max_rows, rows, message, param="dataset.max_rows")
+        message = f"a dataset of {rows} rows (set {field}.max_rows to use fewer)"
+        raise LimitExceeded("max_rows", limits.max_rows, rows, message, param=f"{field}.max_rows")
 
 
 def check_rows_limit(limits: UserLimits, spec: JobSpec, rows: int) -> None:
     """Refuse a dataset of `rows` rows (of which the spec may take fewer) over the `max_rows` cap."""
-    _check_rows(limits, min(rows, spec.dataset.max_rows or rows))
+    field, dataset = spec.main_dataset()
+    _check_rows(limits, min(rows, dataset.max_rows or rows), field)
 
 
-def check_planned_limits(limits: UserLimits, *, rows: int, planned_steps: int) -> None:
+def check_planned_limits(limits: UserLimits, spec: JobSpec, *, rows: int, planned_steps: int) -> None:
     """Refuse what only the data tells: more rows, or (by epochs) more steps, than the caps allow."""
-    _check_rows(limits, rows)
-    if limits.max_steps is not None and planned_steps > limits.max_steps:
+    _check_rows(limits, rows, spec.main_dataset()[0])
+    if spec.kind == "fine_tune" and limits.max_steps is not None and planned_steps > limits.max_steps:
         message = f"{planned_steps} planned steps (set hyperparameters.max_steps)"
         raise LimitExceeded("max_steps", limits.max_steps, planned_steps, message, param="hyperparameters.max_steps")
 

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from shared.errors import InvalidInput
-from shared.spec import JobSpec, is_file_id, is_local_path
+from shared.spec import JobSpec, is_file_id, is_job_id, is_local_path
 
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -19,11 +19,12 @@ def resolve_under_roots(ref: str, roots: list[Path], *, param: str) -> Path:
     raise InvalidInput(f"{ref!r} is outside the allowed local roots ({allowed})", code="path_not_allowed", param=param)
 
 
-def check_local_model(ref: str, roots: list[Path]) -> Path:
-    """A local base model must be an existing directory under an allowed root."""
-    path = resolve_under_roots(ref, roots, param="base_model")
+def check_local_model(ref: str, roots: list[Path], *, param: str = "base_model") -> Path:
+    """A local base model (or adapter) must be an existing directory under an allowed root."""
+    path = resolve_under_roots(ref, roots, param=param)
     if not path.is_dir():
-        raise InvalidInput(f"model directory {ref!r} does not exist", code="model_not_found", param="base_model")
+        what, code = ("adapter", "adapter_not_found") if param == "adapter" else ("model", "model_not_found")
+        raise InvalidInput(f"{what} directory {ref!r} does not exist", code=code, param=param)
     return path
 
 
@@ -60,10 +61,11 @@ def check_local_refs(spec: JobSpec, roots: list[Path]) -> None:
         check_local_model(spec.base_model, roots)
     else:
         refuse_hub_id_shadowed_by_path(spec.base_model, "base_model")
-    datasets = [("dataset.id", spec.dataset.id)]
-    if spec.evaluation is not None:
-        datasets.append(("evaluation.dataset.id", spec.evaluation.dataset.id))
-    for param, ref in datasets:
+    if spec.adapter is not None and is_local_path(spec.adapter):
+        check_local_model(spec.adapter, roots, param="adapter")
+    elif spec.adapter is not None and not is_job_id(spec.adapter):
+        refuse_hub_id_shadowed_by_path(spec.adapter, "adapter")
+    for param, ref in ((f"{field}.id", dataset.id) for field, dataset in spec.datasets()):
         if is_local_path(ref):
             check_local_dataset(ref, roots, param=param)
         elif not is_file_id(ref):

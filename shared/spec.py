@@ -7,7 +7,7 @@ dataset reproduces the recipe.
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 HF_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
@@ -30,11 +30,25 @@ MetaValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
+JOB_ID = re.compile(r"^ftjob-[0-9a-f]{24}$")
+AdapterRef = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
+    Field(
+        description="A LoRA adapter: the id of a succeeded fine-tune job (`ftjob-...`), a local adapter directory"
+        " under an allowed root, or a Hub repo id."
+    ),
+]
 
 
 def is_file_id(ref: str) -> bool:
     """True when a dataset reference names an uploaded file."""
     return bool(FILE_ID.match(ref))
+
+
+def is_job_id(ref: str) -> bool:
+    """True when an adapter reference names a fine-tune job of this service."""
+    return bool(JOB_ID.match(ref))
 
 
 def is_local_path(ref: str) -> bool:
@@ -195,6 +209,9 @@ class EvaluationSpec(Strict):
     temperature: float = Field(0.0, ge=0, le=2, description="0 generates greedily (the default and the course's).")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts generated at once.")
     baseline: bool = Field(False, description="Also score the base model without the adapter.")
+    at_checkpoints: bool = Field(
+        False, description="Fine-tune jobs: also score the adapter at each saved checkpoint (fine-tune only)."
+    )
 
 
 Auto = Literal["auto"]
@@ -228,22 +245,43 @@ class PerformanceSpec(Strict):
         return value
 
 
-class JobSpec(Strict):
-    """A QLoRA supervised fine-tune: base model, data, and how to train."""
+JobKind = Literal["fine_tune", "evaluation"]
+TRAINING_ONLY = "applies to fine_tune jobs only; an evaluation job trains nothing"
 
+
+class JobSpec(Strict):
+    """A QLoRA supervised fine-tune (`kind: fine_tune`, the default), or the scoring of an existing adapter or base
+    model on held-out rows without training (`kind: evaluation`)."""
+
+    kind: JobKind = Field("fine_tune", description="fine_tune trains an adapter; evaluation only scores one.")
     base_model: ModelRef
-    dataset: DatasetSpec = Field(..., description="Training rows and how to split them.")
-    hyperparameters: Hyperparameters = Field(
-        default_factory=Hyperparameters, description="Optimisation settings; defaults are the course's."
+    adapter: AdapterRef | None = Field(
+        None, description="Evaluation jobs: the adapter to score on `base_model`; null scores the base model alone."
     )
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter; defaults are the course's.")
+    dataset: DatasetSpec | None = Field(
+        None, validate_default=True, description="Training rows and how to split them (fine_tune jobs: required)."
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        validate_default=True,
+        description="Optimisation settings; defaults are the course's.",
+    )
+    lora: LoraSpec = Field(
+        default_factory=LoraSpec, validate_default=True, description="The LoRA adapter; defaults are the course's."
+    )
     quantization: QuantizationSpec = Field(
         default_factory=QuantizationSpec, description="4-bit quantization of the frozen base model."
     )
     performance: PerformanceSpec = Field(
-        default_factory=PerformanceSpec, description="Speed settings; `auto` chooses from the GPU's free memory."
+        default_factory=PerformanceSpec,
+        validate_default=True,
+        description="Speed settings; `auto` chooses from the GPU's free memory.",
     )
-    evaluation: EvaluationSpec | None = Field(None, description="Score the result on held-out rows after training.")
+    evaluation: EvaluationSpec | None = Field(
+        None,
+        validate_default=True,
+        description="Score the result on held-out rows after training (evaluation jobs: required).",
+    )
     hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
     wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")
     metadata: dict[MetaKey, MetaValue] = Field(
@@ -254,3 +292,68 @@ class JobSpec(Strict):
     @classmethod
     def _check_model(cls, value: str) -> str:
         return check_ref(value)
+
+    @field_validator("adapter")
+    @classmethod
+    def _check_adapter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("kind") != "evaluation":
+            raise ValueError("applies to evaluation jobs only (kind: evaluation)")
+        return value if is_job_id(value) else check_ref(value)
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, value: DatasetSpec | None, info: ValidationInfo) -> DatasetSpec | None:
+        evaluating = info.data.get("kind") == "evaluation"
+        if value is None and not evaluating:
+            raise ValueError("a fine_tune job needs its training rows")
+        if value is not None and evaluating:
+            raise ValueError("an evaluation job trains nothing: name the rows to score in evaluation.dataset")
+        return value
+
+    @field_validator("hyperparameters", "lora", "performance")
+    @classmethod
+    def _training_only(cls, value: BaseModel, info: ValidationInfo) -> BaseModel:
+        if info.data.get("kind") == "evaluation" and value != type(value)():
+            raise ValueError(TRAINING_ONLY)
+        return value
+
+    @field_validator("hub", "wandb")
+    @classmethod
+    def _training_only_if_set(cls, value: BaseModel | None, info: ValidationInfo) -> BaseModel | None:
+        if info.data.get("kind") == "evaluation" and value is not None:
+            raise ValueError(TRAINING_ONLY)
+        return value
+
+    @field_validator("evaluation")
+    @classmethod
+    def _check_evaluation(cls, value: EvaluationSpec | None, info: ValidationInfo) -> EvaluationSpec | None:
+        if info.data.get("kind") != "evaluation":
+            return value
+        if value is None:
+            raise ValueError("an evaluation job needs its evaluation block (the rows to score and how)")
+        if value.baseline and info.data.get("adapter") is None:
+            raise ValueError("baseline compares an adapter with its base model: set adapter, or leave baseline off")
+        if value.at_checkpoints:
+            raise ValueError("at_checkpoints applies to fine_tune jobs (an evaluation job has no checkpoints)")
+        return value
+
+    @property
+    def training_rows(self) -> DatasetSpec:
+        """The training dataset of a fine-tune job (validation guarantees it is there)."""
+        if self.dataset is None:
+            raise ValueError(f"a {self.kind} job has no training rows")
+        return self.dataset
+
+    def datasets(self) -> list[tuple[str, DatasetSpec]]:
+        """Every dataset the job reads, with the field that names it."""
+        named = [
+            ("dataset", self.dataset),
+            ("evaluation.dataset", self.evaluation.dataset if self.evaluation else None),
+        ]
+        return [(param, dataset) for param, dataset in named if dataset is not None]
+
+    def main_dataset(self) -> tuple[str, DatasetSpec]:
+        """The rows the job works through: its training rows, or for an evaluation job the rows it scores."""
+        return self.datasets()[0]

@@ -38,8 +38,9 @@ class DatasetStats:
         return asdict(self)
 
 
-def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None) -> Dataset:
-    """Load the dataset split named by the spec (a local file or folder under the roots, or a Hub id)."""
+def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None, *, field: str = "dataset") -> Dataset:
+    """Load the dataset split named by the spec (a local file or folder under the roots, or a Hub id); errors name
+    the spec's `field`."""
     try:
         if is_file_id(spec.id):
             # Imported here: the database stack loads only for uploaded files (the GPU bench reads paths).
@@ -47,44 +48,44 @@ def load_rows(spec: DatasetSpec, roots: list[Path], token: str | None = None) ->
             from shared.files import uploaded_file_path
 
             with session_scope() as session:
-                path = uploaded_file_path(session=session, file_id=spec.id)
+                path = uploaded_file_path(session=session, file_id=spec.id, param=f"{field}.id")
             if not path.exists():
-                raise JobFailure(f"uploaded file {spec.id} is gone", code="dataset_not_found", param="dataset.id")
+                raise JobFailure(f"uploaded file {spec.id} is gone", code="dataset_not_found", param=f"{field}.id")
             rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         elif is_local_path(spec.id):
-            path = check_local_dataset(spec.id, roots)
+            path = check_local_dataset(spec.id, roots, param=f"{field}.id")
             if path.is_dir():
                 rows = load_dataset(str(path), split=spec.split)
             else:
                 rows = load_dataset(FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
         else:
-            refuse_hub_id_shadowed_by_path(spec.id, "dataset.id")
+            refuse_hub_id_shadowed_by_path(spec.id, f"{field}.id")
             rows = load_dataset(spec.id, split=spec.split, token=token)
     except FtqError:
         raise
     except ValueError as exc:
         if "corresponds to no data" in str(exc):  # how `datasets` reports a split without rows
             raise JobFailure(
-                f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param="dataset.id"
+                f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param=f"{field}.id"
             ) from exc
         raise JobFailure(
-            f"cannot read split {spec.split!r}: {exc}", code="dataset_invalid", param="dataset.split"
+            f"cannot read split {spec.split!r}: {exc}", code="dataset_invalid", param=f"{field}.split"
         ) from exc
     except Exception as exc:
         raise JobFailure(
             f"dataset {spec.id!r} not found or unreadable: {type(exc).__name__}: {exc}",
             code="dataset_not_found",
-            param="dataset.id",
+            param=f"{field}.id",
         ) from exc
     if spec.text_field not in rows.column_names:
         raise JobFailure(
             f"column {spec.text_field!r} not in dataset (columns: {', '.join(rows.column_names)})",
             code="text_field_missing",
-            param="dataset.text_field",
+            param=f"{field}.text_field",
         )
     if len(rows) == 0:
         raise JobFailure(
-            f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param="dataset.id"
+            f"dataset {spec.id!r} split {spec.split!r} has no rows", code="dataset_empty", param=f"{field}.id"
         )
     if spec.max_rows is not None and len(rows) > spec.max_rows:
         rows = rows.select(range(spec.max_rows))
@@ -96,16 +97,16 @@ def worker_processes(rows: int) -> int | None:
     return min(os.cpu_count() or 1, 16) if rows >= PARALLEL_FROM_ROWS else None
 
 
-def split_at_template(rows: Dataset, spec: DatasetSpec) -> Dataset:
+def split_at_template(rows: Dataset, spec: DatasetSpec, *, field: str = "dataset") -> Dataset:
     """Split each text at the last response template into `prompt` (ending in it) and `completion`.
 
     Runs as an Arrow `map` (in worker processes for a large dataset), so no Python list of all rows is built.
     """
-    template, field = spec.response_template, spec.text_field
+    template, column = spec.response_template, spec.text_field
 
     def split(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"prompt": [], "completion": [], "missing": []}
-        for index, text in zip(indices, batch[field], strict=True):
+        for index, text in zip(indices, batch[column], strict=True):
             head, found, tail = text.rpartition(template) if isinstance(text, str) else ("", "", "")
             out["prompt"].append(head + found)
             out["completion"].append(tail)
@@ -128,7 +129,7 @@ def split_at_template(rows: Dataset, spec: DatasetSpec) -> Dataset:
         raise JobFailure(
             f"{len(missing)} of {len(rows)} rows lack the response template {template!r}: rows {named}{more} (0-based)",
             code="template_missing",
-            param="dataset.response_template",
+            param=f"{field}.response_template",
         )
     return pairs.remove_columns(["missing"])
 

@@ -4,6 +4,7 @@ base (and, with `baseline`, without it), score the answers, and keep every predi
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from worker.progress import Reporter
 from worker.scoring import grade, parse_number, score_numeric
 
 PREDICTIONS_FILE = "predictions.jsonl"
+FIELD = "evaluation.dataset"  # where errors about the scored rows point
 
 
 @torch.no_grad()
@@ -80,32 +82,51 @@ def _score(spec: EvaluationSpec, truths: list[str], answers: list[str]) -> tuple
     return score_numeric(pairs).as_dict(), scored
 
 
+@dataclass(frozen=True)
+class ScoredRows:
+    """The held-out rows split at the template: what each prompt asks and the truth after it."""
+
+    prompts: list[str]
+    truths: list[str]
+
+
+def load_scored_rows(spec: EvaluationSpec, roots: list[Path], hf_token: str | None = None) -> ScoredRows:
+    """Load the evaluation rows and split each into its prompt and its truth (errors name `evaluation.dataset`)."""
+    data = spec.dataset
+    pairs = split_at_template(load_rows(data, roots, hf_token, field=FIELD), data, field=FIELD)
+    return ScoredRows(prompts=list(pairs["prompt"]), truths=list(pairs["completion"]))
+
+
 def evaluate(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     spec: EvaluationSpec,
+    scored: ScoredRows,
     out_dir: Path,
     reporter: Reporter,
-    roots: list[Path],
-    hf_token: str | None = None,
+    on_answered: Callable[[int], None] | None = None,
+    subject: str = "fine-tune",
 ) -> dict[str, Any]:
-    """Score the fine-tune (and the base model with `baseline`); write the predictions; return the figures."""
-    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
-    prompts, truths = list(pairs["prompt"]), list(pairs["completion"])
+    """Score the model (`subject`: the fine-tune, or the base model alone) and, with `baseline`, the base model under
+    the adapter; write the predictions; return the figures. `on_answered` hears the answers generated so far, over
+    both models, after each batch."""
+    prompts, truths = scored.prompts, scored.truths
     reporter.log(f"evaluating on {len(prompts)} rows", {"rows": len(prompts), "metric": spec.metric})
 
-    def progress(model_name: str) -> Callable[[int], None]:
+    def progress(model_name: str, before: int) -> Callable[[int], None]:
         def report(done: int) -> None:
             reporter.log(f"evaluating the {model_name}: {done}/{len(prompts)} answered", {"done": done})
+            if on_answered is not None:
+                on_answered(before + done)
 
         return report
 
-    answers = generate_answers(model, tokenizer, prompts, spec, progress("fine-tune"))
+    answers = generate_answers(model, tokenizer, prompts, spec, progress(subject, 0))
     figures, rows = _score(spec, truths, answers)
-    result: dict[str, Any] = {"metric": spec.metric, **figures}
+    result: dict[str, Any] = {"model": subject, "metric": spec.metric, **figures}
     if spec.baseline:
         with model.disable_adapter():
-            base_answers = generate_answers(model, tokenizer, prompts, spec, progress("base model"))
+            base_answers = generate_answers(model, tokenizer, prompts, spec, progress("base model", len(prompts)))
         base_figures, base_rows = _score(spec, truths, base_answers)
         result["baseline"] = base_figures
         for row, base in zip(rows, base_rows, strict=True):

@@ -3,6 +3,7 @@ complete checkpoints, and a stop at the next step once the job is cancelled or t
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 COMPLETE_MARKER = ".complete"
 METRIC_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy")
+EVALUATION_FIGURES = ("mae", "rmsle", "hit_rate", "near_rate", "unparsable", "accuracy")
 
 
 class Reporter(Protocol):
@@ -118,10 +120,17 @@ class ProgressCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """Saves at the last step too, marks each checkpoint complete once written, records it, and pushes it."""
 
-    def __init__(self, reporter: Reporter, progress: ProgressCallback, publisher: Any = None) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        progress: ProgressCallback,
+        publisher: Any = None,
+        scorer: Callable[[Any, int], dict[str, Any]] | None = None,
+    ) -> None:
         self.reporter = reporter
         self.progress = progress
         self.publisher = publisher
+        self.scorer = scorer  # (model, step) -> evaluation figures, for `evaluation.at_checkpoints`
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Ask for a save at the final step, so the end of training is a checkpoint as well."""
@@ -134,7 +143,12 @@ class CheckpointCallback(TrainerCallback):
         if not path.is_dir():
             return
         (path / COMPLETE_MARKER).touch()
-        self.reporter.checkpoint(state.global_step, path, dict(self.progress.metrics))
+        metrics = dict(self.progress.metrics)
+        # The final step is scored by the evaluation after training; a drain's save is not worth the wait.
+        if self.scorer is not None and state.global_step < state.max_steps and not self.progress.stopped:
+            figures = self.scorer(kwargs["model"], state.global_step)
+            metrics.update({f"eval_{k}": v for k, v in figures.items() if k in EVALUATION_FIGURES})
+        self.reporter.checkpoint(state.global_step, path, metrics)
         if self.publisher is not None:
             self.publisher.push_checkpoint(state.global_step, path)
 

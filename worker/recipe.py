@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -16,7 +16,7 @@ from trl import SFTConfig
 
 from shared.errors import JobFailure
 from shared.paths import check_local_model, refuse_hub_id_shadowed_by_path
-from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_local_path
+from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_job_id, is_local_path
 from worker.performance import PerformancePlan
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -134,6 +134,40 @@ def load_quantized_model(spec: JobSpec, roots: list[Path], device: str, token: s
         raise JobFailure(f"base model {ref!r} not found: {exc}", code="model_not_found", param="base_model") from exc
     model.config.use_cache = False
     return model
+
+
+def adapter_source(ref: str, roots: list[Path]) -> str:
+    """Where an adapter is read from: a fine-tune job's saved adapter, a local directory under the roots, or a
+    Hub repo id (read with the owner's token)."""
+    if is_job_id(ref):
+        # Imported here: the database stack loads only for a job's adapter (the GPU bench reads paths).
+        from shared.db import session_scope
+        from shared.jobs import adapter_job_path
+
+        with session_scope() as session:
+            path = Path(adapter_job_path(session=session, job_id=ref))
+    elif is_local_path(ref):
+        path = check_local_model(ref, roots, param="adapter")
+    else:
+        refuse_hub_id_shadowed_by_path(ref, "adapter")
+        return ref
+    if not (path / "adapter_config.json").is_file():
+        raise JobFailure(f"adapter {ref!r} has no adapter_config.json", code="adapter_not_found", param="adapter")
+    return str(path)
+
+
+def load_adapter(model: PreTrainedModel, ref: str, roots: list[Path], token: str | None) -> PeftModel:
+    """The base model with the adapter loaded on it, frozen, as PEFT saved it."""
+    source = adapter_source(ref, roots)
+    try:
+        return PeftModel.from_pretrained(model, source, is_trainable=False, token=token)
+    except (OSError, ValueError, RuntimeError) as exc:
+        # RuntimeError: the adapter's shapes do not fit this base model (trained on another one).
+        raise JobFailure(
+            f"adapter {ref!r} cannot be loaded on {model.name_or_path!r}: {type(exc).__name__}: {exc}",
+            code="adapter_not_found" if isinstance(exc, OSError) else "adapter_invalid",
+            param="adapter",
+        ) from exc
 
 
 def describe_quantization(model: Any, quant: QuantizationSpec) -> dict[str, Any]:

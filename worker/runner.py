@@ -104,7 +104,9 @@ class JobReporter:
 
 def run(job_id: str, attempt: int) -> int:
     """Train one attempt of a job and record how it ended; the exit code is 0 when the outcome is recorded."""
-    from worker.training import train  # heavy imports only after the job is known to exist
+    # Heavy imports only after the job is known to exist.
+    from worker.evaluation_job import run_evaluation
+    from worker.training import train
 
     settings = get_settings()
     with session_scope() as session:
@@ -112,16 +114,27 @@ def run(job_id: str, attempt: int) -> int:
         spec, owner_id = JobSpec.model_validate(job.spec), job.owner_id
     reporter = JobReporter(job_id, attempt)
     job_dir = settings.jobs_dir / job_id
+    credentials = credentials_for(owner_id)
     try:
-        outcome = train(
-            spec,
-            job_dir,
-            settings.allowed_roots,
-            reporter,
-            job_id=job_id,
-            interval_s=settings.progress_interval_s,
-            credentials=credentials_for(owner_id),
-        )
+        if spec.kind == "evaluation":
+            outcome = run_evaluation(
+                spec,
+                job_dir,
+                settings.allowed_roots,
+                reporter,
+                interval_s=settings.progress_interval_s,
+                credentials=credentials,
+            )
+        else:
+            outcome = train(
+                spec,
+                job_dir,
+                settings.allowed_roots,
+                reporter,
+                job_id=job_id,
+                interval_s=settings.progress_interval_s,
+                credentials=credentials,
+            )
     except OperationalError:
         log.exception("job %s attempt %s lost its database; exiting to be queued again", job_id, attempt)
         return EXIT_TEMPFAIL

@@ -186,7 +186,7 @@ def _validate(spec: JobSpec, owner_id: str) -> Any:
     result = validate(spec, settings.allowed_roots, settings.validate_sample_rows, credentials_for(owner_id).hf_token)
     with session_scope() as session:
         limits = user_limits(get_user(session=session, user_id=owner_id))
-    check_planned_limits(limits, rows=result.rows, planned_steps=result.planned_steps)
+    check_planned_limits(limits, spec, rows=result.rows, planned_steps=result.planned_steps)
     return result
 
 
@@ -214,6 +214,7 @@ def validate_job(job_id: str) -> None:
             stats=result.stats,
             planned_steps=result.planned_steps,
             warnings=result.warnings,
+            unit="answers" if spec.kind == "evaluation" else "steps",
         )
         session.commit()
     if queued:

@@ -1,18 +1,19 @@
 """One training attempt: tokenizer, data, 4-bit model, LoRA, TRL SFTTrainer, checkpoints, saved adapter."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.credentials import Credentials
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
-from worker.evaluation import evaluate
+from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
 from worker.performance import (
@@ -85,7 +86,7 @@ def build_trainer(
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     hf_token = credentials.hf_token
     tokenizer = load_tokenizer(spec.base_model, roots, hf_token)
-    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
+    pairs = split_at_template(load_rows(spec.training_rows, roots, hf_token), spec.training_rows)
     train_set, stats = tokenize_pairs(pairs, tokenizer, spec.hyperparameters.max_length)
     reporter.stats(stats)
     # Seed before the LoRA layers are created: their random init is part of what `seed` makes reproducible.
@@ -110,6 +111,7 @@ def build_trainer(
     )
     tokens = TokenCounter()
     progress = ProgressCallback(reporter, interval_s, tokens)
+    scorer = checkpoint_scorer(spec, job_dir, roots, reporter, tokenizer, hf_token)
     trainer = CompletionTokenTrainer(
         tokens=tokens,
         model=model,
@@ -117,9 +119,31 @@ def build_trainer(
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=build_lora_config(spec.lora),
-        callbacks=[progress, CheckpointCallback(reporter, progress, publisher)],
+        callbacks=[progress, CheckpointCallback(reporter, progress, publisher, scorer)],
     )
     return trainer, stats
+
+
+def checkpoint_scorer(
+    spec: JobSpec,
+    job_dir: Path,
+    roots: list[Path],
+    reporter: Reporter,
+    tokenizer: PreTrainedTokenizerBase,
+    hf_token: str | None,
+) -> Callable[[Any, int], dict[str, Any]] | None:
+    """With `evaluation.at_checkpoints`: what scores the adapter at a checkpoint (the fine-tune only), its predictions
+    kept in `evaluation/checkpoint-N/`; the rows are loaded once, now, so a bad dataset fails before training."""
+    if spec.evaluation is None or not spec.evaluation.at_checkpoints:
+        return None
+    settings = spec.evaluation.model_copy(update={"baseline": False})
+    scored = load_scored_rows(settings, roots, hf_token)
+
+    def score(model: Any, step: int) -> dict[str, Any]:
+        out_dir = job_dir / "evaluation" / f"checkpoint-{step}"
+        return evaluate(model, tokenizer, settings, scored, out_dir, reporter, subject=f"checkpoint {step}")
+
+    return score
 
 
 def train(
@@ -168,14 +192,9 @@ def train(
         "quantization": describe_quantization(trainer.model, spec.quantization),
     }
     if spec.evaluation is not None:
+        scored = load_scored_rows(spec.evaluation, roots, credentials.hf_token)
         result["evaluation"] = evaluate(
-            trainer.model,
-            trainer.processing_class,
-            spec.evaluation,
-            job_dir / "evaluation",
-            reporter,
-            roots,
-            credentials.hf_token,
+            trainer.model, trainer.processing_class, spec.evaluation, scored, job_dir / "evaluation", reporter
         )
     if publisher is not None:
         result["hub_commit_url"] = publisher.push_final(adapter_dir)

@@ -11,7 +11,8 @@ from typing import Any
 from shared.errors import JobFailure
 from shared.spec import Hyperparameters, JobSpec
 from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
-from worker.recipe import load_tokenizer
+from worker.evaluation import load_scored_rows
+from worker.recipe import adapter_source, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ def _check_lengths(stats: DatasetStats, sample: int, max_length: int) -> None:
 def validate(spec: JobSpec, roots: list[Path], sample_rows: int, hf_token: str | None = None) -> Validation:
     """Validate a spec's model and data; raises JobFailure with the code and field at fault."""
     tokenizer = load_tokenizer(spec.base_model, roots, hf_token)
+    if spec.kind == "evaluation":
+        return _validate_evaluation(spec, roots, hf_token)
     # Every row: the template check is cheap.
-    pairs = split_at_template(load_rows(spec.dataset, roots, hf_token), spec.dataset)
+    pairs = split_at_template(load_rows(spec.training_rows, roots, hf_token), spec.training_rows)
     total = len(pairs)
     sample = pairs.select(range(min(total, sample_rows)))
     _tokenized, stats = tokenize_pairs(sample, tokenizer, spec.hyperparameters.max_length)
@@ -62,3 +65,15 @@ def validate(spec: JobSpec, roots: list[Path], sample_rows: int, hf_token: str |
         summary["sampled_rows"] = len(sample)
     steps = planned_steps(max(round(total * kept_share), 1), spec.hyperparameters)
     return Validation(stats=summary, planned_steps=steps, warnings=warnings, rows=total)
+
+
+def _validate_evaluation(spec: JobSpec, roots: list[Path], hf_token: str | None) -> Validation:
+    """An evaluation job: its rows split at the template and its adapter is there; it plans one answer a row
+    (two with `baseline`)."""
+    assert spec.evaluation is not None  # the spec's validation requires it for this kind
+    scored = load_scored_rows(spec.evaluation, roots, hf_token)
+    if spec.adapter is not None:
+        adapter_source(spec.adapter, roots)
+    rows = len(scored.prompts)
+    answers = rows * (2 if spec.evaluation.baseline else 1)
+    return Validation(stats={"rows": rows}, planned_steps=answers, warnings=[], rows=rows)

@@ -18,9 +18,13 @@ router = APIRouter(prefix="/jobs", tags=["evaluation"], responses=errors(*COMMON
 
 
 class EvaluationRead(BaseModel):
-    """How the fine-tune scored on the evaluation rows (numeric: the course's price metrics)."""
+    """How the fine-tune (or, for an evaluation job without an adapter, the base model) scored on the evaluation rows
+    (numeric: the course's price metrics)."""
 
     object: str = "fine_tuning.job.evaluation"
+    model: str = Field(
+        "fine-tune", description="What was scored: `fine-tune` (base model and adapter) or `base model`."
+    )
     metric: str
     rows: int
     mae: float | None = Field(None, description="Mean absolute error of the parsed answers.")

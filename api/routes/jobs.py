@@ -13,13 +13,21 @@ from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import complete_key, release_key, request_hash, reserve_key
-from shared.jobs import cancel_job, create_job, fail_job_unqueued, get_job, list_jobs, set_job_priority
+from shared.jobs import (
+    cancel_job,
+    check_adapter_job,
+    create_job,
+    fail_job_unqueued,
+    get_job,
+    list_jobs,
+    set_job_priority,
+)
 from shared.limits import check_queue_limit, check_rows_limit, check_spec_limits, user_limits
 from shared.models import Job, JobStatus, User
 from shared.paths import check_local_refs
 from shared.queue import enqueue_validation, run_dry_run
 from shared.scheduling import queue_positions
-from shared.spec import JobSpec
+from shared.spec import JobSpec, is_job_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=errors(*COMMON))
@@ -67,10 +75,13 @@ def create_fine_tune_job(
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
-    uploaded = check_dataset_file(session=session, ref=spec.dataset.id, owner_id=owner_scope(user))
-    if spec.evaluation is not None:
-        ref = spec.evaluation.dataset.id
-        check_dataset_file(session=session, ref=ref, owner_id=owner_scope(user), param="evaluation.dataset.id")
+    uploads = [
+        check_dataset_file(session=session, ref=dataset.id, owner_id=owner_scope(user), param=f"{field}.id")
+        for field, dataset in spec.datasets()
+    ]
+    uploaded = uploads[0]  # the rows the job works through: the row limit applies to them
+    if spec.adapter is not None and is_job_id(spec.adapter):
+        check_adapter_job(session=session, spec=spec, owner_id=owner_scope(user))
     limits = user_limits(user)
     check_spec_limits(limits, spec)
     if uploaded is not None and uploaded.rows is not None:

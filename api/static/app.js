@@ -305,11 +305,11 @@ function evaluationRow(name, figures) {
 }
 
 // Fine-tune points by grade (filled, coloured), the base model's hollow and grey, and the y = x diagonal.
-function newScatter(canvas, predictions, withBaseline) {
+function newScatter(canvas, predictions, withBaseline, subject = "fine-tune") {
   const Chart = globalThis.Chart;
   const datasets = GRADES.map(([grade, label, color]) => ({
-    label: `fine-tune: ${label}`,
-    model: "fine-tune",
+    label: `${subject}: ${label}`,
+    model: subject,
     data: predictions.filter((p) => p.grade === grade && isNumber(p.prediction)).map((p) => ({ x: p.truth, y: p.prediction })),
     backgroundColor: color,
     borderColor: color,
@@ -359,7 +359,7 @@ function newScatter(canvas, predictions, withBaseline) {
 }
 
 // Mean absolute error of the parsed answers in each band of the true price: fine-tune and base side by side.
-function newBandChart(canvas, predictions, withBaseline) {
+function newBandChart(canvas, predictions, withBaseline, subject = "fine-tune") {
   const Chart = globalThis.Chart;
   const inBand = BANDS.map(([, lo, hi]) => predictions.filter((p) => p.truth >= lo && p.truth < hi));
   const mae = (rows, field) => {
@@ -367,7 +367,7 @@ function newBandChart(canvas, predictions, withBaseline) {
     return errors.length ? errors.reduce((a, b) => a + b, 0) / errors.length : null;
   };
   const datasets = [
-    { label: "fine-tune", data: inBand.map((rows) => mae(rows, "prediction")), backgroundColor: "#3056d3" },
+    { label: subject, data: inBand.map((rows) => mae(rows, "prediction")), backgroundColor: "#3056d3" },
   ];
   if (withBaseline) {
     datasets.push({ label: "base model", data: inBand.map((rows) => mae(rows, "baseline_prediction")), backgroundColor: BASE_COLOR });
@@ -506,8 +506,10 @@ function jobView(jobId) {
 
     const details = [
       ["Owner", job.owner],
+      ["Kind", job.spec.kind === "evaluation" ? "evaluation" : "fine-tune"],
       ["Base model", job.spec.base_model],
-      ["Dataset", job.spec.dataset.id],
+      ...(job.spec.adapter ? [["Adapter", job.spec.adapter]] : []),
+      ["Dataset", (job.spec.dataset || job.spec.evaluation.dataset).id],
       ["Created", `${when(job.created_at)} (${age(job.created_at)})`],
       ["Started", when(job.started_at)],
       ["Finished", when(job.finished_at)],
@@ -546,7 +548,9 @@ function jobView(jobId) {
     }
     if (signal.aborted) return;
     const withBaseline = Boolean(scores.baseline);
-    const rows = [evaluationRow("Fine-tune", scores)];
+    // An evaluation job without an adapter scores the base model alone (`model` says which was scored).
+    const subject = scores.model || "fine-tune";
+    const rows = [evaluationRow(subject[0].toUpperCase() + subject.slice(1), scores)];
     if (withBaseline) rows.push(evaluationRow("Base model", scores.baseline));
     $("evaluation-body").replaceChildren(...rows);
     $("evaluation-card").hidden = false;
@@ -555,8 +559,8 @@ function jobView(jobId) {
       if (signal.aborted) return;
       const predictions = text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line))
         .filter((p) => isNumber(p.truth));
-      view.evalCharts.push(newScatter($("eval-scatter"), predictions, withBaseline));
-      view.evalCharts.push(newBandChart($("eval-bands"), predictions, withBaseline));
+      view.evalCharts.push(newScatter($("eval-scatter"), predictions, withBaseline, subject));
+      view.evalCharts.push(newBandChart($("eval-bands"), predictions, withBaseline, subject));
       const parsed = predictions.filter((p) => isNumber(p.prediction) || isNumber(p.baseline_prediction)).length;
       $("eval-scatter-empty").textContent = parsed ? "" : `No parsable answer to plot (${predictions.length} rows, all unparsable).`;
       $("eval-scatter-empty").hidden = parsed > 0;
