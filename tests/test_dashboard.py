@@ -369,3 +369,33 @@ def test_a_finished_jobs_evaluation_shows_both_models_scores_a_scatter_and_a_ban
     expect(page.locator("#eval-scatter-empty")).to_be_hidden()
     page.wait_for_timeout(300)
     page.screenshot(path=str(artifacts / "dashboard-evaluation-graded.png"), full_page=True)
+
+
+def test_an_evaluation_jobs_page_names_its_kind_and_rows_and_labels_the_base_model_it_scored(
+    page: Page, dash_api: StackClient, tiny_model: Path, train_file: Path
+) -> None:
+    spec = {
+        "kind": "evaluation",
+        "base_model": str(tiny_model),
+        "evaluation": {"dataset": {"id": str(train_file), "max_rows": 4}, "max_new_tokens": 4, "batch_size": 4},
+    }
+    created = dash_api.post("/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert wait_for_end(dash_api, job_id, timeout_s=240)["status"] == "succeeded"
+
+    open_job(page, api_key(dash_api), job_id)
+
+    details = page.locator("#job-details")
+    expect(details).to_contain_text("Kindevaluation")
+    expect(details).to_contain_text(f"Dataset{train_file}")
+    card = page.locator("#evaluation-card")
+    expect(card.locator("#evaluation-body tr")).to_have_count(1)
+    expect(card.locator('tr[data-model="Base model"] .rows')).to_have_text("4")
+    wait_until(
+        lambda: page.evaluate("() => !!Chart.getChart(document.getElementById('eval-bands'))"),
+        timeout_s=10,
+        what="the band chart",
+    )
+    bands = page.evaluate("() => Chart.getChart(document.getElementById('eval-bands')).data")
+    assert [d["label"] for d in bands["datasets"]] == ["base model"]
