@@ -3,33 +3,47 @@
 Builds ftq's trainer exactly as `bench/train_throughput.py` does (`build_ftq`: `worker.training.build_trainer` on a
 JobSpec, the random Llama of the shape, pricer rows of 170-182 tokens, batch 16, `logging_steps=1`), Liger off and
 then, if `liger_kernel` imports and CUDA is there, Liger on. Each build trains one run of `trainer.train()` whose
-steps are split into phases by a callback:
+steps are split into phases by a callback. The default plan profiles (Liger off: A, B, C; Liger on: A, C):
 
     warm-up -> A: timed, profiled -> B: timed, profiled -> C: timed, profiled -> A again: timed
+
+`--rounds N` times instead: N rounds, each timing every variant in turn (one warm-up step after each switch), then
+profiles the `--profile-variants`. The host's speed drifts over a run, so variants are compared within a round.
 
 - A: the trainer as ftq runs it.
 - B: A without the per-micro-batch metric syncs: TRL 1.16's `SFTTrainer.compute_loss` (entropy and token accuracy
   `.item()`, `num_valid > 0` tests, the attention-mask token count `.item()`) and ftq's
   `CompletionTokenTrainer.training_step` (two `int()`); the loss is computed as TRL computes it, ftq's token counts
   are kept on the device instead.
-- C: B, and also without the other host syncs of a step that are not arithmetic: bitsandbytes' paged optimizer
-  synchronizes the device after every parameter's update (`sync_gpu`), the Trainer checks the loss for NaN/inf
+- C: B, and also without the other host syncs of a step that are not arithmetic: bitsandbytes' optimizers
+  synchronize the device after every parameter's update (`sync_gpu`), the Trainer checks the loss for NaN/inf
   (`logging_nan_inf_filter`, two syncs a micro-batch) and logs every step (`logging_steps=1`: loss and grad norm
   `.item()`). C switches those off for its steps (sync_gpu patched to a no-op, the filter off, logging every 1e9
-  steps). Measurement only: nothing here is what ftq should ship as is.
+  steps).
+- D: C with `torch.optim.AdamW(fused=True)` on the same param groups in place of bnb's per-parameter loop (a timing
+  proxy: its state is in the weights' dtype, bnb's in fp32).
+- E: D with the LoRA dropouts replaced by identity (an upper bound of what fusing them could save; changes the
+  arithmetic).
+- F: A with `gc.freeze()`.
+Measurement only: none of the variants is what ftq should ship as is.
 
-Timed phases sync the device only at their first and last step (wall time = their span / steps); profiled phases
-sync at every step end so each step's kernels fall inside its window (torch.profiler with CPU and CUDA activities,
-one profiler warm-up step, then `--profile-steps` recorded). From the trace (kineto's Chrome JSON) the script
-computes per step: wall time, the sum of kernel durations and the union of GPU activity intervals (busy time),
-kernel launches, host syncs (cudaStreamSynchronize / cudaDeviceSynchronize / cudaEventSynchronize calls, and DtoH
-copies), GPU idle gaps by size, the delay from launch to kernel start, GPU time by phase of the step (data, forward,
-backward, grad clip, optimizer, logging, other) and by kernel bucket, the top kernels and the top CPU ops by self
-CPU time. The phases are record_function ranges around the trainer's methods (compute_loss, accelerator.backward,
-_clip_grad_norm, optimizer.step, _maybe_log_save_evaluate, get_batch_samples).
+Every step ends with a device sync (as train_throughput's clock does). A timed step records its wall time (sync to
+sync), the time the host took to issue it (up to just before the closing sync), the device's tail after that (near
+zero: the device was waiting for the host), the process CPU time and the garbage collector's pauses. A profiled
+phase runs torch.profiler (CPU and CUDA activities, one profiler warm-up step, then the recorded steps). From the
+trace (kineto's Chrome JSON) the script computes per step: wall time, the sum of kernel durations and the union of
+GPU activity intervals (busy time), kernel launches, host syncs (cudaStreamSynchronize / cudaDeviceSynchronize /
+cudaEventSynchronize calls, and DtoH copies) and the phase they fall in, GPU idle gaps by size, the delay from launch
+to kernel start, GPU and host time by phase of the step (data, forward, backward, grad clip, optimizer, logging,
+other) and GPU time by kernel bucket, the top kernels and the top CPU ops by self CPU time. The phases are
+record_function ranges around the trainer's methods (get_batch_samples, compute_loss, accelerator.backward,
+_clip_grad_norm, optimizer.step, _maybe_log_save_evaluate); "other" is the rest of the loop.
 
-    python3 bench/profile_step.py --shape tiny --out-dir /tmp/prof     # CPU smoke check, under a minute
-    python3 bench/profile_step.py --shape 8b --out-dir $OUT             # one GPU (see bench/README.md for wheels)
+    python3 bench/profile_step.py --shape tiny        # CPU smoke check (~1.5 min on 2 cores), results in $TMPDIR
+    python3 bench/profile_step.py --shape 8b --out-dir $OUT --stem 2026-11-29-nvidia-h200-8b-profile
+    python3 bench/profile_step.py --shape 8b --out-dir $OUT --stem 2026-11-29-nvidia-h200-8b-profile-rounds \
+        --rounds 3 --time-steps 5 --variants ABCDEF --liger-variants ABCDEF --profile-variants D
+    python3 bench/profile_step.py --summarize bench/results/2026-11-29-nvidia-h200-8b-profile-rounds.json
 
 Writes <out-dir>/<stem>.json and <stem>.txt (stem default: <date>-<gpu>-<shape>-profile), rewritten after each
 variant so a run cut short still leaves what it measured.
@@ -69,6 +83,11 @@ VARIANTS = {
     "A": "ftq as it runs (TRL metric syncs, int() token counts, paged AdamW sync per parameter, log every step)",
     "B": "A without the metric syncs in compute_loss and training_step",
     "C": "B without bnb's per-parameter sync_gpu, the NaN/inf loss check and per-step logging",
+    "D": "C with torch.optim.AdamW(fused=True) stepping the LoRA weights instead of bnb's per-parameter loop "
+    "(timing proxy: its state is in the weights' dtype, bnb's in fp32)",
+    "E": "D with the LoRA dropout modules replaced by identity (upper bound of what fusing the dropout can save; "
+    "changes the arithmetic)",
+    "F": "A with gc.freeze() (the objects of the set-up moved out of the collector's generations)",
 }
 SYNC_CALLS = (
     "cudaStreamSynchronize",
@@ -130,14 +149,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liger", choices=["off", "on", "both"], default="both", help="builds to run (on: if importable)")
     p.add_argument("--variants", default="ABC", help="variants of the Liger-off build, in order (letters of ABC)")
     p.add_argument("--liger-variants", default="AC", help="variants of the Liger-on build")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="timing only: this many rounds, each timing every variant in turn (--time-steps steps after one "
+        "warm-up step), then one profile of each --profile-variants; 0: the profile plan above",
+    )
+    p.add_argument("--profile-variants", default="", help="with --rounds: variants profiled after the rounds")
     p.add_argument("--model-dir", type=Path, help="where the random model is built once and reused")
     p.add_argument("--rows", type=Path, help="pricer .jsonl with a 'text' column")
-    p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results", help="folder of the result files")
+    p.add_argument(
+        "--out-dir", type=Path, help="folder of the result files (default bench/results; tiny: $TMPDIR/ftq-profile)"
+    )
     p.add_argument("--stem", help="result file name without extension (default <date>-<gpu>-<shape>-profile)")
     p.add_argument("--top", type=int, default=20, help="rows of the top-kernel and top-CPU-op tables")
     p.add_argument("--keep-trace", action="store_true", help="keep each profile's Chrome trace beside the results")
+    p.add_argument("--summarize", type=Path, help="print (and rewrite beside it) the summary of a result JSON; no run")
     args = p.parse_args(argv)
     tiny = args.shape == "tiny"
+    if args.out_dir is None:  # a CPU smoke run's figures mean nothing: keep them out of bench/results
+        args.out_dir = Path(tempfile.gettempdir()) / "ftq-profile" if tiny else REPO / "bench" / "results"
     for name, big, small in (
         ("warmup", 8, 2),
         ("time_steps", 6, 2),
@@ -147,10 +179,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if getattr(args, name) is None:
             setattr(args, name, small if tiny else big)
-    for name in ("variants", "liger_variants"):
+    for name in ("variants", "liger_variants", "profile_variants"):
         letters = getattr(args, name)
-        if not letters or set(letters) - set(VARIANTS):
-            p.error(f"--{name.replace('_', '-')} takes letters of ABC")
+        if (not letters and name != "profile_variants") or set(letters) - set(VARIANTS):
+            p.error(f"--{name.replace('_', '-')} takes letters of {''.join(VARIANTS)}")
     return args
 
 
@@ -162,14 +194,15 @@ class Switches:
     """What the current variant turns off; read by the wrappers below at every call."""
 
     def __init__(self) -> None:
-        self.variant = "A"
-        self.no_metric_syncs = False
-        self.no_other_syncs = False
+        self.set("A")
 
     def set(self, variant: str) -> None:
         self.variant = variant
-        self.no_metric_syncs = variant in ("B", "C")
-        self.no_other_syncs = variant == "C"
+        self.no_metric_syncs = variant in "BCDE"
+        self.no_other_syncs = variant in "CDE"
+        self.torch_adamw = variant in "DE"
+        self.no_lora_dropout = variant == "E"
+        self.gc_freeze = variant == "F"
 
 
 def lean_compute_loss(trainer: Any, model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> Any:
@@ -260,6 +293,15 @@ def install(trainer: Any, sw: Switches) -> dict[str, Any]:
 def make_plan(args: argparse.Namespace, variants: str) -> list[dict[str, Any]]:
     """Phases of one build's training run, in order."""
     plan: list[dict[str, Any]] = [{"kind": "warm", "variant": variants[0], "steps": args.warmup}]
+    if args.rounds:
+        for _ in range(args.rounds):
+            for v in variants:
+                plan.append({"kind": "warm", "variant": v, "steps": 1})
+                plan.append({"kind": "time", "variant": v, "steps": args.time_steps})
+        for v in args.profile_variants:
+            plan.append({"kind": "warm", "variant": v, "steps": 1})
+            plan.append({"kind": "profile", "variant": v, "steps": args.profile_steps_other + 1})
+        return plan
     for i, v in enumerate(variants):
         if i:
             plan.append({"kind": "warm", "variant": v, "steps": args.variant_warmup})
@@ -283,12 +325,26 @@ def make_controller(
         def __init__(self) -> None:
             self.phase = 0
             self.in_phase = 0  # steps of the current phase done
-            self.stamps: list[float] = []
             self.timed: dict[str, dict[str, Any]] = {}
             self.prof: Any = None
             self.optimizer_wrapped = False
             self.saved: dict[str, Any] = {}
-            self.phase_start = 0.0
+            self.last_end = 0.0  # wall clock after the device sync at the last step end
+            self.last_cpu = 0.0
+            self.gc_ms = 0.0
+            self.gc_runs: Counter[int] = Counter()
+            self._gc_t0 = 0.0
+            self.bnb_optimizer: Any = None
+            self.torch_optimizer: Any = None
+            self.dropouts: list[tuple[Any, str, Any]] = []
+            gc.callbacks.append(self.on_gc)
+
+        def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                self._gc_t0 = time.perf_counter()
+            else:
+                self.gc_ms += (time.perf_counter() - self._gc_t0) * 1e3
+                self.gc_runs[info.get("generation", -1)] += 1
 
         def sync(self) -> float:
             if cuda:
@@ -305,6 +361,28 @@ def make_controller(
             quiet = sw.no_other_syncs
             trainer.state.logging_steps = 10**9 if quiet else self.saved["logging_steps"]
             trainer.args.logging_nan_inf_filter = False if quiet else self.saved["nan_inf"]
+            wrapper = trainer.optimizer  # accelerate's AcceleratedOptimizer: step() calls wrapper.optimizer.step()
+            if self.bnb_optimizer is None:
+                self.bnb_optimizer = wrapper.optimizer
+            if sw.torch_adamw and self.torch_optimizer is None:
+                # the same param groups (the LR scheduler steps them through the wrapper's param_groups)
+                groups = [
+                    {k: g[k] for k in ("params", "lr", "betas", "eps", "weight_decay") if k in g}
+                    for g in self.bnb_optimizer.param_groups
+                ]
+                self.torch_optimizer = torch.optim.AdamW(groups, fused=cuda)
+            wrapper.optimizer = self.torch_optimizer if sw.torch_adamw else self.bnb_optimizer
+            if not self.dropouts:
+                for module in trainer.model.modules():
+                    drop = getattr(module, "lora_dropout", None)
+                    if isinstance(drop, torch.nn.ModuleDict):
+                        self.dropouts += [(drop, key, drop[key]) for key in drop]
+            for holder, key, original in self.dropouts:
+                holder[key] = torch.nn.Identity() if sw.no_lora_dropout else original
+            if sw.gc_freeze:
+                gc.freeze()
+            else:
+                gc.unfreeze()
 
         def on_step_begin(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if not self.optimizer_wrapped:
@@ -337,30 +415,49 @@ def make_controller(
             self.prof.start()
 
         def on_step_end(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """Every step ends with a device sync (as train_throughput's clock does). A timed step records its wall
+            time (sync to sync), how long the host took to issue it (to just before the closing sync), the tail the
+            device still ran after that, the process CPU time and the garbage collector's pauses."""
             if self.phase >= len(plan):
                 return
             ph = plan[self.phase]
             self.in_phase += 1
             last = self.in_phase == ph["steps"]
-            t = self.sync() if (last or ph["kind"] == "profile") else time.perf_counter()
+            t_issued = time.perf_counter()
+            t = self.sync()
+            cpu = time.process_time()
             if ph["kind"] == "time":
-                self.stamps.append(t)
+                v = ph["variant"]
+                rec = self.timed.setdefault(
+                    v,
+                    {
+                        "wall_s": [],
+                        "issue_s": [],
+                        "tail_s": [],
+                        "cpu_s": [],
+                        "gc_ms": [],
+                        "gc_runs": Counter(),
+                        "steps_at": [],
+                    },
+                )
+                rec["wall_s"].append(t - self.last_end)
+                rec["issue_s"].append(t_issued - self.last_end)
+                rec["tail_s"].append(t - t_issued)
+                rec["cpu_s"].append(cpu - self.last_cpu)
+                rec["gc_ms"].append(self.gc_ms)
+                rec["gc_runs"].update(self.gc_runs)
+                rec["steps_at"].append(state.global_step)
+                rec["step_s"] = statistics.mean(rec["wall_s"])
+                rec["step_s_median"] = statistics.median(rec["wall_s"])
                 if last:
-                    span = t - self.phase_start
-                    gaps = [b - a for a, b in zip([self.phase_start, *self.stamps[:-1]], self.stamps, strict=True)]
-                    self.timed[ph["variant"]] = {
-                        "steps": ph["steps"],
-                        "step_s": span / ph["steps"],
-                        "step_s_median_unsynced": statistics.median(gaps),
-                        "step_s_each_unsynced": [round(g, 4) for g in gaps],
-                        "from_step": state.global_step - ph["steps"] + 1,
-                    }
                     print(
                         json.dumps(
                             {
-                                "timed": ph["variant"],
+                                "timed": v,
                                 "liger": bool(targs.use_liger_kernel),
-                                "step_s": round(span / ph["steps"], 4),
+                                "step_s": round(statistics.mean(rec["wall_s"][-ph["steps"] :]), 4),
+                                "issue_s": round(statistics.mean(rec["issue_s"][-ph["steps"] :]), 4),
+                                "gc_ms": round(sum(rec["gc_ms"][-ph["steps"] :]), 1),
                             }
                         ),
                         flush=True,
@@ -373,8 +470,19 @@ def make_controller(
             if last:
                 self.phase += 1
                 self.in_phase = 0
-                self.stamps = []
-                self.phase_start = self.sync()  # after any trace processing: the next phase starts clean
+                t = self.sync()  # after any trace processing: the next phase starts clean
+                cpu = time.process_time()
+            self.last_end, self.last_cpu = t, cpu
+            self.gc_ms = 0.0
+            self.gc_runs = Counter()
+
+        def on_train_end(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            gc.callbacks.remove(self.on_gc)
+            gc.unfreeze()
+            if self.bnb_optimizer is not None:
+                trainer.optimizer.optimizer = self.bnb_optimizer
+            for holder, key, original in self.dropouts:
+                holder[key] = original
 
     return Controller()
 
@@ -517,6 +625,14 @@ def analyze_trace(path: Path, steps_expected: int, top: int) -> dict[str, Any]:
                 n_ops += e.get("cat") == "cpu_op"
                 host_self += selfs[i]
         syncs = {name: calls[name] for name in SYNC_CALLS if calls[name]}
+        sync_phases: Counter[str] = Counter()
+        for e in host_calls:
+            if s0 <= e["ts"] < s1 and e["name"] in SYNC_CALLS:
+                sync_phases[phase_at(e["ts"])] += 1
+        for e in acts:
+            if e["cat"] == "gpu_memcpy" and ("DtoH" in e["name"] or "Device -> P" in e["name"]):
+                t_call = launch_ts.get(e.get("args", {}).get("correlation"))
+                sync_phases[phase_at(t_call) if t_call is not None else "other"] += 1
         per_step.append(
             {
                 "wall_ms": (s1 - s0) / 1e3,
@@ -532,6 +648,7 @@ def analyze_trace(path: Path, steps_expected: int, top: int) -> dict[str, Any]:
                 "sync_wait_ms": sync_time / 1e3,
                 "dtoh_copies": memcpys["DtoH"],
                 "host_syncs_total": sum(syncs.values()) + memcpys["DtoH"],
+                "host_syncs_by_phase": dict(sync_phases),
                 "cpu_ops": n_ops,
                 "host_self_ms": host_self / 1e3,  # CPU ops and CUDA API calls, all threads; the rest is Python
                 "idle_gaps": {
@@ -721,6 +838,21 @@ def run_build(
 # Report
 
 
+def round_medians(build: dict[str, Any]) -> dict[str, list[float]]:
+    """Median wall ms of each timed phase, by variant, in plan order (one per round with --rounds)."""
+    out: dict[str, list[float]] = {}
+    for v, t in build["timed"].items():
+        if "wall_s" not in t:
+            continue
+        sizes = [ph["steps"] for ph in build["plan"] if ph["kind"] == "time" and ph["variant"] == v]
+        walls, at = t["wall_s"], 0
+        for n in sizes:
+            if at + n <= len(walls):
+                out.setdefault(v, []).append(statistics.median(walls[at : at + n]) * 1e3)
+            at += n
+    return out
+
+
 def summary_text(result: dict[str, Any]) -> str:
     """The printed summary."""
     lines = [
@@ -733,6 +865,8 @@ def summary_text(result: dict[str, Any]) -> str:
         f"{result['matmul_floor_ms']:.1f} ms/step",
         "",
         "variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+        "timed steps: wall = device sync to device sync; host issue = from the last step's closing sync to just "
+        "before this one's; device tail = the wait in that closing sync (near 0: the device waited for the host)",
         "",
     ]
     for b in result["builds"]:
@@ -764,14 +898,48 @@ def summary_text(result: dict[str, Any]) -> str:
             else:
                 lines.append(f"| {v} | {wall} | - | - | - | - | - | - | - | - | - | - |")
         base = b["timed"].get("A")
+        if any("wall_s" in t for t in b["timed"].values()):
+            lines.append("")
+            lines.append(
+                "| variant | timed steps | wall ms mean | wall ms median | host issue ms | device tail ms | "
+                "process CPU ms | GC ms/step | wall vs A |"
+            )
+            lines.append("|---|---|---|---|---|---|---|---|---|")
+        for v, t in b["timed"].items():
+            if "wall_s" not in t:
+                continue
+            n = len(t["wall_s"])
+            vs = f"{(t['step_s'] - base['step_s']) * 1e3:+.1f} ms" if base and v != "A" else "-"
+            lines.append(
+                f"| {v} | {n} | {t['step_s'] * 1e3:.1f} | {t['step_s_median'] * 1e3:.1f} | "
+                f"{statistics.mean(t['issue_s']) * 1e3:.1f} | {statistics.mean(t['tail_s']) * 1e3:.1f} | "
+                f"{statistics.mean(t['cpu_s']) * 1e3:.1f} | {sum(t['gc_ms']) / n:.1f} | {vs} |"
+            )
+        rounds = round_medians(b)
+        if rounds and len(rounds.get("A", [])) > 1:
+            lines.append("")
+            lines.append(
+                "per round (each round times every variant in turn; the host's speed drifts between rounds, so "
+                "compare within a round): median wall ms, and its difference to A's median in the same round"
+            )
+            lines.append("")
+            lines.append("| variant | round medians ms | minus A, same round |")
+            lines.append("|---|---|---|")
+            for v, meds in rounds.items():
+                diffs = [m - a for m, a in zip(meds, rounds["A"], strict=False)]
+                lines.append(
+                    f"| {v} | {', '.join(f'{m:.0f}' for m in meds)} | "
+                    f"{'-' if v == 'A' else ', '.join(f'{d:+.0f}' for d in diffs)} |"
+                )
         if base:
+            key = "step_s_median" if "step_s_median" in base else "step_s"  # a median: one slow step skews a mean
             deltas = [
-                f"{v}: {(t['step_s'] - base['step_s']) * 1e3:+.1f} ms ({t['step_s'] / base['step_s'] - 1:+.1%})"
+                f"{v}: {(t[key] - base[key]) * 1e3:+.1f} ms ({t[key] / base[key] - 1:+.1%})"
                 for v, t in b["timed"].items()
-                if v != "A"
+                if v != "A" and key in t
             ]
             lines.append("")
-            lines.append("unprofiled wall time against A: " + ", ".join(deltas))
+            lines.append(f"unprofiled wall time against A ({key}): " + ", ".join(deltas))
         for v, p in b["profiles"].items():
             lines.append("")
             lines.append(
@@ -786,6 +954,8 @@ def summary_text(result: dict[str, Any]) -> str:
                     for s in p["per_step"]
                 )
             )
+            if p["per_step"]:
+                lines.append(f"host syncs by phase (last step): {p['per_step'][-1].get('host_syncs_by_phase')}")
             gaps = p["per_step"][-1]["idle_gaps"] if p["per_step"] else {}
             lines.append(
                 "idle gaps (last step): " + ", ".join(f"{k}: {g['n']} gaps {g['ms']:.1f} ms" for k, g in gaps.items())
@@ -823,6 +993,11 @@ def summary_text(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the profile."""
     args = parse_args(argv)
+    if args.summarize:
+        text = summary_text(json.loads(args.summarize.read_text()))
+        args.summarize.with_suffix(".txt").write_text(text + "\n")
+        print(text)
+        return 0
     import torch
 
     cuda = torch.cuda.is_available()

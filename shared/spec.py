@@ -231,6 +231,11 @@ class PerformanceSpec(Strict):
         " about 2 bytes a parameter more GPU memory).",
     )
     compile: Auto | bool = Field("auto", description="torch.compile the model (auto: off until measured to pay).")
+    lean_optimizer: Auto | bool = Field(
+        "auto",
+        description="bitsandbytes optimizers (paged_adamw_32bit, ...): the same kernels on the same stream, without"
+        " the device synchronization bitsandbytes makes after each parameter (auto: on CUDA).",
+    )
     micro_batch: Auto | int | None = Field(
         None,
         description="Throughput mode: `auto` takes the largest micro-batch that fits, with gradient accumulation"

@@ -6,10 +6,12 @@ None of the choices changes the arithmetic of an optimizer step at the spec's ow
 - Liger's kernels compute RMSNorm, RoPE and SwiGLU fused, in the same precision;
 - a cached dequantized weight is exactly what bitsandbytes dequantizes on every forward and backward
   (`dequantize_4bit(W).to(compute dtype)`, then a plain matmul), computed once because the base is frozen;
-- a micro-batch with gradient accumulation (opt-in) keeps the effective batch.
+- a micro-batch with gradient accumulation (opt-in) keeps the effective batch;
+- a lean bitsandbytes optimizer step queues the same kernels in the same order, only without waiting for each.
 """
 
 import importlib.util
+import types
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ ACTIVATION_BYTES_PER_HIDDEN = 44
 CHECKPOINTED_BYTES_PER_HIDDEN = 4  # only each layer's input is kept, plus one layer recomputed at a time
 LOGIT_BYTES = 8  # fp32 logits and their gradient, per token and vocabulary entry
 MARGIN_BYTES = 2 * GB  # allocator fragmentation, CUDA workspace, optimizer state of the adapter
+BNB_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class PerformancePlan:
     liger: bool
     cache_dequantized: bool
     compile: bool
+    lean_optimizer: bool
     micro_batch: int
     gradient_accumulation_steps: int
     free_gb: float | None
@@ -60,6 +64,7 @@ class PerformancePlan:
             f"liger {'on' if self.liger else 'off'}",
             f"cached dequantized weights {'on' if self.cache_dequantized else 'off'}",
             f"compile {'on' if self.compile else 'off'}",
+            f"lean optimizer step {'on' if self.lean_optimizer else 'off'}",
             f"micro-batch {self.micro_batch} x {self.gradient_accumulation_steps}",
         ]
         free = f" ({self.free_gb:.0f} GB free)" if self.free_gb is not None else ""
@@ -126,8 +131,20 @@ def plan_performance(
 
     compile_model = perf.compile is True
     reasons["compile"] = "as asked" if perf.compile != "auto" else "off until measured to pay on this stack"
+    lean = _plan_lean_optimizer(perf.lean_optimizer, hp.optimizer, cuda, reasons)
     free_gb = None if free_bytes is None else free_bytes / GB
-    return PerformancePlan(checkpointing, liger, cache, compile_model, micro, accumulation, free_gb, reasons)
+    return PerformancePlan(checkpointing, liger, cache, compile_model, lean, micro, accumulation, free_gb, reasons)
+
+
+def _plan_lean_optimizer(asked: str | bool, optimizer: str, cuda: bool, reasons: dict[str, str]) -> bool:
+    if optimizer not in BNB_OPTIMIZERS:
+        reasons["lean_optimizer"] = f"{optimizer} is not a bitsandbytes optimizer"
+        return False
+    if asked != "auto":
+        reasons["lean_optimizer"] = "as asked"
+        return bool(asked)
+    reasons["lean_optimizer"] = "CUDA: one synchronization a step instead of one a parameter" if cuda else "no CUDA"
+    return cuda
 
 
 def free_memory(device: str) -> int | None:
@@ -185,3 +202,43 @@ def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
             module.forward = CachedDequantizedForward(module, dtype)
             total += module.ftq_dequantized_weight.numel() * module.ftq_dequantized_weight.element_size()
     return total
+
+
+@torch.no_grad()
+def _step_without_parameter_syncs(self: Any, closure: Any = None) -> Any:
+    """bitsandbytes 0.50's `Optimizer8bit.step`, less the `sync_gpu` after each parameter: each update is a kernel
+    queued on the one stream, in the same order, so nothing reads a result early. Paged state is still synchronized
+    once at the end, as bitsandbytes does after prefetching it asynchronously."""
+    from bitsandbytes.utils import sync_gpu
+
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    if not self.initialized:
+        self.check_overrides()
+        self.to_gpu()
+        self.initialized = True
+    p = None
+    for gindex, group in enumerate(self.param_groups):
+        for pindex, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if len(self.state[p]) == 0:
+                self.init_state(group, p, gindex, pindex)
+            self.prefetch_state(p)
+            self.update_step(group, p, gindex, pindex)
+    if self.is_paged and p is not None:
+        sync_gpu(p)
+    return loss
+
+
+def lean_optimizer_step(optimizer: Any) -> bool:
+    """Give a bitsandbytes optimizer the step without per-parameter synchronizations; False (unchanged) for any
+    other optimizer, or a bitsandbytes release whose step this was not checked against."""
+    import bitsandbytes as bnb
+
+    if not isinstance(optimizer, bnb.optim.optimizer.Optimizer8bit) or not bnb.__version__.startswith("0.50."):
+        return False
+    optimizer.step = types.MethodType(_step_without_parameter_syncs, optimizer)
+    return True

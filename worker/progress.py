@@ -4,10 +4,10 @@ complete checkpoints, and a stop at the next step once the job is cancelled or t
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 COMPLETE_MARKER = ".complete"
@@ -35,11 +35,32 @@ class Reporter(Protocol):
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float | None]) -> None: ...
 
 
-@dataclass
 class TokenCounter:
-    """Tokens (prompt and completion, no padding) trained on in this attempt, for throughput."""
+    """Tokens trained on in this attempt: those carrying loss (the completions) and all of them (no padding).
 
-    input_tokens: int = 0
+    Micro-batches are counted on their device, so counting never makes the host wait for the GPU; `read` brings
+    the counts to the host (one synchronization) only when they are reported or saved.
+    """
+
+    def __init__(self) -> None:
+        self.input_tokens = 0  # counted up to the last `read`
+        self._pending: torch.Tensor | None = None  # [completion tokens, input tokens] since then, on the device
+
+    def add(self, labels: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """Count one micro-batch, without a synchronization."""
+        # Every count is a device op: a tensor made from a host number would be a copy that waits for the GPU.
+        mask = attention_mask if attention_mask is not None else torch.ones_like(labels)
+        counts = torch.stack([(labels != -100).sum(), mask.sum()])
+        self._pending = counts if self._pending is None else self._pending + counts
+
+    def read(self) -> int:
+        """Bring the pending counts to the host; returns the completion tokens added since the last read."""
+        if self._pending is None:
+            return 0
+        completion, inputs = (int(n) for n in self._pending.tolist())
+        self._pending = None
+        self.input_tokens += inputs
+        return completion
 
 
 class ProgressCallback(TrainerCallback):
@@ -88,18 +109,24 @@ class ProgressCallback(TrainerCallback):
         if self.stopped:  # told to stop before the first step (on_train_begin): the step start reset the flags
             control.should_training_stop, control.should_save = True, self.drained
             return
-        elapsed = max(time.monotonic() - self._started, 1e-9)
         step, total = state.global_step, state.max_steps
+        force = step >= total
+        due = force or time.monotonic() - self._last_report >= self.interval_s
+        if due or control.should_save:  # a checkpoint saves the state: its token count must be current
+            state.num_input_tokens_seen += self.tokens.read()  # completion tokens: see CompletionTokenTrainer
+        if not due:
+            return  # between reports nothing is read from the GPU, so the host runs ahead
+        elapsed = max(time.monotonic() - self._started, 1e-9)
         done_here = step - self._start_step
         self.progress.update(
             step=step,
             total_steps=total,
             epoch=state.epoch,
-            trained_tokens=int(state.num_input_tokens_seen),  # completion tokens: see CompletionTokenTrainer
+            trained_tokens=int(state.num_input_tokens_seen),
             tokens_per_second=round(self.tokens.input_tokens / elapsed, 2),
             eta_seconds=round(elapsed / done_here * (total - step), 1) if done_here else None,
         )
-        self._send(control, force=step >= total)
+        self._send(control, force=force)
 
     def _send(self, control: TrainerControl, *, force: bool) -> None:
         now = time.monotonic()

@@ -75,6 +75,9 @@ def build_sft_config(
         save_strategy="steps",
         save_steps=hp.save_steps,
         logging_steps=hp.logging_steps,
+        # The filter asks the GPU whether each micro-batch's loss is finite: a wait every step. Unfiltered, a
+        # diverging loss is logged as it is (stored as null), and the arithmetic is the same.
+        logging_nan_inf_filter=False,
         activation_checkpointing=plan.gradient_checkpointing,  # the new name of gradient_checkpointing
         use_liger_kernel=plan.liger,
         torch_compile=plan.compile,

@@ -19,6 +19,7 @@ from worker.model_card import render_model_card
 from worker.performance import (
     cache_dequantized_weights,
     free_memory,
+    lean_optimizer_step,
     liger_available,
     model_shape,
     plan_performance,
@@ -55,15 +56,22 @@ class CompletionTokenTrainer(SFTTrainer):
     `include_num_input_tokens_seen="no"` keeps transformers from counting all input tokens there instead.
     """
 
-    def __init__(self, *args: Any, tokens: TokenCounter, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tokens: TokenCounter, lean_optimizer: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tokens = tokens
+        self.lean_optimizer = lean_optimizer
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        """The spec's optimizer; with the plan's `lean_optimizer`, its bitsandbytes step skips the per-parameter
+        synchronizations (before the scheduler wraps the step)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.lean_optimizer and not lean_optimizer_step(optimizer):
+            log.warning("lean optimizer step not applied to %s", type(optimizer).__name__)
+        return optimizer
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-        """Count this micro-batch's tokens, then train on it."""
-        self.state.num_input_tokens_seen += int((inputs["labels"] != -100).sum())
-        mask = inputs.get("attention_mask")
-        self.tokens.input_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        """Count this micro-batch's tokens (on the device: see TokenCounter), then train on it."""
+        self.tokens.add(inputs["labels"], inputs.get("attention_mask"))
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -114,6 +122,7 @@ def build_trainer(
     scorer = checkpoint_scorer(spec, job_dir, roots, reporter, tokenizer, hf_token)
     trainer = CompletionTokenTrainer(
         tokens=tokens,
+        lean_optimizer=plan.lean_optimizer,
         model=model,
         args=args,
         train_dataset=train_set,
