@@ -1,5 +1,6 @@
 """One training attempt: tokenizer, data, 4-bit model, LoRA, TRL SFTTrainer, checkpoints, saved adapter."""
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,23 @@ class CompletionTokenTrainer(SFTTrainer):
         if self.lean_optimizer and not lean_optimizer_step(optimizer):
             log.warning("lean optimizer step not applied to %s", type(optimizer).__name__)
         return optimizer
+
+    @functools.cached_property
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @functools.cached_property
+    def _counted_parameters(self) -> int:
+        return int(self.model.num_parameters(exclude_embeddings=True))
+
+    def _clip_grad_norm(self, model: Any) -> Any:
+        """Clip over the adapter's parameters, the only ones with gradients: the same norm as over the whole model,
+        without walking 8 billion frozen parameters' modules every step."""
+        return self.accelerator.clip_grad_norm_(self._trainable_parameters, self.args.max_grad_norm)
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """transformers' estimate (6 x tokens x parameters), with the parameters counted once, not per micro-batch."""
+        return 6 * int(inputs["input_ids"].numel()) * self._counted_parameters
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         """Count this micro-batch's tokens (on the device: see TokenCounter), then train on it."""
