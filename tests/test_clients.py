@@ -261,3 +261,27 @@ def test_the_course_example_writes_out_the_recipe_and_the_tiny_one_keeps_it() ->
     assert (hp, lora, course.quantization) == (Hyperparameters(), LoraSpec(), QuantizationSpec()), "the defaults"
     assert (tiny.lora, tiny.quantization) == (course.lora, course.quantization)
     assert tiny.base_model == str(REPO / ".ftq-data" / "files" / "models" / "tiny-llama")
+
+
+def test_an_evaluation_spec_sends_local_paths_absolute_and_keeps_only_the_settings_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with Client(base_url="http://127.0.0.1:9", api_key="unused") as offline:  # no request is made
+        spec = offline.jobs.evaluation_spec(
+            {"id": "./rows.jsonl", "max_rows": 5},
+            adapter="./adapter",
+            base_model="org/base",
+            baseline=True,
+            metric=None,
+        )
+        with pytest.raises(ValueError, match="base model"):
+            offline.jobs.evaluation_spec("org/rows")
+
+    assert spec == {
+        "kind": "evaluation",
+        "base_model": "org/base",
+        "adapter": str(tmp_path / "adapter"),
+        "evaluation": {"dataset": {"id": str(tmp_path / "rows.jsonl"), "max_rows": 5}, "baseline": True},
+    }
