@@ -224,7 +224,11 @@ class PerformanceSpec(Strict):
     gradient_checkpointing: Auto | bool = Field(
         "auto", description="Recompute activations in the backward pass (less memory, about half the speed)."
     )
-    liger: Auto | bool = Field("auto", description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU): CUDA only.")
+    liger: Auto | bool = Field(
+        "auto",
+        description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU): CUDA only; less memory, another rounding"
+        " (auto: off, as measured no faster beside cached dequantized weights).",
+    )
     cache_dequantized: Auto | bool = Field(
         "auto",
         description="Dequantize each 4-bit weight once and keep the bf16 copy instead of every step (same numbers,"

@@ -24,7 +24,8 @@ def spec(**sections: Any) -> JobSpec:
 def test_a_large_gpu_keeps_activations_and_caches_dequantized_weights() -> None:
     plan = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
 
-    assert (plan.gradient_checkpointing, plan.cache_dequantized, plan.liger) == (False, True, True)
+    assert (plan.gradient_checkpointing, plan.cache_dequantized, plan.liger) == (False, True, False)
+    assert plan.reasons["liger"].startswith("off unless asked: not exact")
     assert (plan.micro_batch, plan.gradient_accumulation_steps) == (16, 1), "the spec's batch is kept"
     assert "gradient checkpointing off" in plan.describe() and "130 GB free" in plan.describe()
 
@@ -33,7 +34,6 @@ def test_a_small_gpu_falls_back_to_the_memory_lean_path() -> None:
     plan = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=12 * GB, liger_available=False)
 
     assert (plan.gradient_checkpointing, plan.cache_dequantized, plan.liger) == (True, False, False)
-    assert plan.reasons["liger"] == "needs CUDA and liger-kernel"
 
 
 def test_a_middle_gpu_drops_the_cache_before_checkpointing() -> None:
@@ -51,6 +51,17 @@ def test_pinned_choices_win_over_auto_and_the_old_field_still_counts() -> None:
 
     assert (first.gradient_checkpointing, first.cache_dequantized, first.liger) == (True, False, False)
     assert second.gradient_checkpointing is True
+
+
+def test_liger_runs_only_when_asked_and_only_where_it_can() -> None:
+    asked = spec(performance={"liger": True})
+
+    on_cuda = plan_performance(asked, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+    missing = plan_performance(asked, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=False)
+    on_cpu = plan_performance(asked, LLAMA_8B, device="cpu", free_bytes=None, liger_available=True)
+
+    assert (on_cuda.liger, missing.liger, on_cpu.liger) == (True, False, False)
+    assert missing.reasons["liger"] == "asked, but needs CUDA and liger-kernel"
 
 
 def test_throughput_mode_takes_the_largest_micro_batch_that_keeps_the_effective_batch() -> None:
