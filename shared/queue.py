@@ -48,6 +48,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
     if settings.uses_embedded_broker:
         # kombu's SQLAlchemy transport has no fanout: remote control, gossip and mingle need it.
         config["worker_enable_remote_control"] = False
+        # Its prefetch counts unacknowledged messages only: acked on receipt, a busy worker would reserve the next
+        # bell while another GPU sits idle. Acked late, it takes none until its job ends. A bell redelivered after
+        # a crash only makes a worker look for a queued job: it cannot run one twice.
+        config["task_acks_late"] = True
     return config
 
 

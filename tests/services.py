@@ -165,13 +165,14 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
 
 
 def trainer_pids(job_id: str) -> list[int]:
-    """Pids of live `worker.runner` processes training this job."""
+    """Pids of live `worker.runner` processes training this job (started for it, or a spare that took it and
+    retitled itself)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
             status = (entry / "status").read_text()
         except OSError:
             continue

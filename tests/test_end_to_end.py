@@ -4,6 +4,7 @@ import io
 import json
 import math
 import tarfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import StackClient, read_sse, wait_for_end, wait_until
+from tests.services import StackClient, read_sse, trainer_pids, wait_for_end, wait_until
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 BATCH = 8
@@ -223,3 +224,26 @@ def test_twenty_concurrent_posts_with_one_idempotency_key_create_one_job(
     mine = [j for j in api.get("/jobs", params={"limit": 100}).json()["data"] if j["metadata"] == spec["metadata"]]
     assert [j["id"] for j in mine] == list(created)
     api.post(f"/jobs/{mine[0]['id']}/cancel")
+
+
+def test_the_next_job_is_trained_by_the_spare_started_during_the_last_and_shows_its_job(
+    api: StackClient, tiny_model: Path, train_file: Path
+) -> None:
+    spec = {
+        "base_model": str(tiny_model),
+        "dataset": {"id": str(train_file)},
+        "hyperparameters": {"batch_size": BATCH, "max_length": 320, "max_steps": 2, "logging_steps": 1},
+    }
+    first = wait_for_end(api, submit(api, spec)["id"])  # its trainer started a spare beside it
+    job_id = submit(api, spec)["id"]
+    seen_pids: set[int] = set()
+    while api.get(f"/jobs/{job_id}").json()["status"] not in ("succeeded", "failed", "cancelled"):
+        seen_pids.update(trainer_pids(job_id))  # found by the job id its command line now shows
+        time.sleep(0.2)
+    second = wait_for_end(api, job_id)
+
+    log = (api.stack.settings.jobs_dir / job_id / "attempt-1.log").read_text()
+    assert (first["status"], second["status"]) == ("succeeded", "succeeded"), second["error"]
+    assert f"job {job_id} attempt 1 taken by spare trainer" in log
+    assert "loss" in log, "the spare's own output went to the attempt's log"
+    assert seen_pids, "the spare took the job's title"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from shared.db import session_scope
 from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import JobStatus, User, utcnow
 from shared.spec import JobSpec
+from worker import tasks
 from worker.tasks import _record_exit, supervise
 
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
@@ -164,3 +166,18 @@ def test_the_trainer_reports_out_of_memory_by_its_exit_code(running_job: str, mo
 
     assert worker.runner.run(running_job, 1) == EXIT_OUT_OF_MEMORY
     assert status_of(running_job) == (JobStatus.running, None), "the task, not the trainer, decides what follows"
+
+
+def test_an_attempt_goes_to_the_live_spare_and_a_dead_one_is_passed_over(tmp_path: Path) -> None:
+    echo = [sys.executable, "-c", "import sys; print(sys.stdin.readline().strip())"]
+    alive = subprocess.Popen(echo, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    dead.wait()
+    tasks._spare[:] = [alive, dead]  # the newest is tried first
+
+    taken = tasks._hand_to_spare("ftjob-1", 2, tmp_path / "attempt-2.log")
+    nobody = tasks._hand_to_spare("ftjob-1", 3, tmp_path / "attempt-3.log")
+
+    assert taken is alive and nobody is None and tasks._spare == []
+    assert alive.stdout is not None and alive.wait(timeout=30) == 0
+    assert alive.stdout.read().decode().strip() == f"ftjob-1 2 {tmp_path / 'attempt-2.log'}"

@@ -80,7 +80,6 @@ def build_sft_config(
         logging_nan_inf_filter=False,
         activation_checkpointing=plan.gradient_checkpointing,  # the new name of gradient_checkpointing
         use_liger_kernel=plan.liger,
-        torch_compile=plan.compile,
         bf16=quant.compute_dtype == "bfloat16",
         fp16=quant.compute_dtype == "float16" and not use_cpu,
         use_cpu=use_cpu,

@@ -1,6 +1,9 @@
 """The training process: `python -m worker.runner JOB_ID ATTEMPT`, started fresh for each job by the task.
 
-A fresh process per job frees all GPU memory when it exits and keeps torch out of the Celery worker.
+A fresh process per job frees all GPU memory when it exits and keeps torch out of the Celery worker. A spare
+(`python -m worker.runner --spare`) is the same process started ahead: it imports the training stack (seconds)
+while the worker waits or trains, then takes one job from its standard input; it has touched no GPU and no job
+before that.
 """
 
 import logging
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import setproctitle
 from sqlalchemy.exc import OperationalError
 
 from shared.attempts import (
@@ -169,12 +173,47 @@ def run(job_id: str, attempt: int) -> int:
     return 0
 
 
+SPARE_FLAG = "--spare"
+
+
+def title(job_id: str, attempt: int) -> str:
+    """The command line a trainer shows for its job, whether it started cold or as a spare (`ps`, /proc)."""
+    return f"{sys.executable} -m worker.runner {job_id} {attempt}"
+
+
+def run_spare() -> int:
+    """Import the training stack, then wait for one `JOB_ID ATTEMPT LOG_PATH` line on standard input and run that
+    attempt writing to that log; end of input (the worker stopped) exits quietly."""
+    import worker.evaluation_job  # noqa: F401  (what a cold start spends its first seconds on)
+    import worker.training  # noqa: F401
+
+    words = sys.stdin.readline().split()
+    if len(words) != 3:
+        return 0
+    job_id, attempt, log_path = words[0], int(words[1]), words[2]
+    _write_to(Path(log_path))
+    setproctitle.setproctitle(title(job_id, attempt))
+    log.info("job %s attempt %s taken by spare trainer %s", job_id, attempt, os.getpid())
+    return run(job_id, attempt)
+
+
+def _write_to(log_path: Path) -> None:
+    # Standard output and error (Python's and any library's) go to the attempt's log from here on.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main() -> None:
     """Entry point of the training process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job_id, attempt = sys.argv[1], int(sys.argv[2])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(run(job_id, attempt))
+    if sys.argv[1:] == [SPARE_FLAG]:
+        sys.exit(run_spare())
+    sys.exit(run(sys.argv[1], int(sys.argv[2])))
 
 
 if __name__ == "__main__":

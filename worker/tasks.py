@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_shutting_down
@@ -35,6 +36,7 @@ from shared.users import get_user
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
+from worker.runner import SPARE_FLAG
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -97,19 +99,51 @@ def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
 
 
 def run_training_process(job_id: str, attempt: int) -> int:
-    """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code."""
+    """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code.
+
+    The attempt goes to the spare trainer when one is alive (its imports are done), else to a process started now;
+    either way a new spare then starts importing for the next job while this one trains.
+    """
     settings = get_settings()
     job_dir = settings.jobs_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
-    with open(job_dir / f"attempt-{attempt}.log", "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.runner", job_id, str(attempt)],
-            stdout=log_file,
+    log_path = job_dir / f"attempt-{attempt}.log"
+    process = _hand_to_spare(job_id, attempt, log_path) or _start_trainer([job_id, str(attempt)], log_path)
+    if settings.spare_trainer:
+        _spare.append(_start_trainer([SPARE_FLAG], None))
+    return supervise(process, job_id, attempt, settings.cancel_grace_s)
+
+
+_spare: list[subprocess.Popen[bytes]] = []  # the spare trainer of this worker process, if one was started
+
+
+def _start_trainer(args: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+    """A training process: for one attempt, logging to its file, or a spare (`--spare`) waiting on stdin."""
+    with open(log_path, "ab") if log_path is not None else open(os.devnull, "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.runner", *args],
+            stdin=subprocess.PIPE if args == [SPARE_FLAG] else subprocess.DEVNULL,
+            stdout=output,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
             process_group=0,  # its own group, so a kill reaches any process it started too
         )
-        return supervise(process, job_id, attempt, settings.cancel_grace_s)
+
+
+def _hand_to_spare(job_id: str, attempt: int, log_path: Path) -> subprocess.Popen[bytes] | None:
+    """Give the attempt to the spare trainer; None when there is no live spare to take it."""
+    while _spare:
+        spare = _spare.pop()
+        if spare.poll() is not None or spare.stdin is None:
+            continue  # it died (a failed import, a kill): a cold start will log why, if there is a reason
+        try:
+            spare.stdin.write(f"{job_id} {attempt} {log_path}\n".encode())
+            spare.stdin.close()
+        except OSError:  # it died just now
+            spare.wait()
+            continue
+        return spare
+    return None
 
 
 def _killed(code: int) -> bool:

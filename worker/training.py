@@ -19,6 +19,7 @@ from worker.hub import HubPublisher
 from worker.model_card import render_model_card
 from worker.performance import (
     cache_dequantized_weights,
+    compile_decoder_layers,
     free_memory,
     lean_optimizer_step,
     liger_available,
@@ -148,6 +149,8 @@ def build_trainer(
         peft_config=build_lora_config(spec.lora),
         callbacks=[progress, CheckpointCallback(reporter, progress, publisher, scorer)],
     )
+    if plan.compile:
+        compile_decoder_layers(trainer.model)  # after PEFT put the adapters in, so they are compiled too
     return trainer, stats
 
 
