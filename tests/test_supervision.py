@@ -16,6 +16,7 @@ from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import JobStatus, User, utcnow
 from shared.spec import JobSpec
 from worker import tasks
+from worker.runner import parse_handoff
 from worker.tasks import _record_exit, supervise
 
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
@@ -181,3 +182,20 @@ def test_an_attempt_goes_to_the_live_spare_and_a_dead_one_is_passed_over(tmp_pat
     assert taken is alive and nobody is None and tasks._spare == []
     assert alive.stdout is not None and alive.wait(timeout=30) == 0
     assert alive.stdout.read().decode().strip() == f"ftjob-1 2 {tmp_path / 'attempt-2.log'}"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "ftjob-1 2 /data/my jobs/ftjob-1/attempt-2.log\n",
+            ("ftjob-1", 2, Path("/data/my jobs/ftjob-1/attempt-2.log")),
+        ),
+        ("", None),
+        ("ftjob-1 two /x.log\n", None),
+    ],
+)
+def test_a_spare_reads_its_job_from_one_line_whose_log_path_may_hold_spaces(
+    line: str, expected: tuple[str, int, Path] | None
+) -> None:
+    assert parse_handoff(line) == expected

@@ -187,14 +187,22 @@ def run_spare() -> int:
     import worker.evaluation_job  # noqa: F401  (what a cold start spends its first seconds on)
     import worker.training  # noqa: F401
 
-    words = sys.stdin.readline().split()
-    if len(words) != 3:
+    handoff = parse_handoff(sys.stdin.readline())
+    if handoff is None:
         return 0
-    job_id, attempt, log_path = words[0], int(words[1]), words[2]
-    _write_to(Path(log_path))
+    job_id, attempt, log_path = handoff
+    _write_to(log_path)
     setproctitle.setproctitle(title(job_id, attempt))
     log.info("job %s attempt %s taken by spare trainer %s", job_id, attempt, os.getpid())
     return run(job_id, attempt)
+
+
+def parse_handoff(line: str) -> tuple[str, int, Path] | None:
+    """`JOB_ID ATTEMPT LOG_PATH` (the path may hold spaces) as the task writes it; None for anything else."""
+    words = line.rstrip("\n").split(" ", 2)
+    if len(words) != 3 or not words[1].isdigit():
+        return None
+    return words[0], int(words[1]), Path(words[2])
 
 
 def _write_to(log_path: Path) -> None:
