@@ -2,6 +2,7 @@
 training, in the same fresh process a fine-tune gets.
 """
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ class EvaluationProgress:
         self.interval_s = interval_s
         self.progress: dict[str, Any] = {"step": 0, "total_steps": total, "trained_tokens": 0}
         self._started = time.monotonic()
-        self._last_report = 0.0
+        self._last_report = -math.inf  # the first batch is always reported
 
     def __call__(self, done: int) -> None:
         """After each generated batch: publish the count and the ETA at most once per interval (and at the end)."""
