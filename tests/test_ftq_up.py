@@ -43,6 +43,28 @@ def processes_with_data_dir(data_dir: Path) -> list[int]:
     return pids
 
 
+def pool_processes(worker_pid: int) -> list[int]:
+    """The pool processes a Celery worker forked (its children running Python, not the trainers they start)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(stat_fields[1]) == worker_pid and b"celery" in cmdline:
+            children.append(int(entry.name))
+    return children
+
+
+def has_torch_loaded(pid: int) -> bool:
+    """Whether the process has torch's library mapped (it imported torch)."""
+    try:
+        return b"libtorch" in Path(f"/proc/{pid}/maps").read_bytes()
+    except OSError:
+        return False
+
+
 def start_up(data_dir: Path, port: int, local_root: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """Run `ftq up ARGS` with no DATABASE_URL or BROKER_URL, as on a laptop; its output goes to `log`."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "FTQ_QUEUE")}
@@ -86,6 +108,13 @@ def test_ftq_up_runs_one_pinned_worker_per_gpu_on_embedded_parts_and_stops_every
 
             wait_until(lambda: sum(w["state"] == "online" for w in gpu_workers()) == 2, 60, "two GPU workers")
             workers = gpu_workers()
+            validator = next(w for w in client.get("/workers").json()["data"] if w["kind"] == "validate")
+            # Before any job: the validation worker's pool process imports its stack as it starts; the training
+            # workers' stay free of torch (their trainers import it in their own processes).
+            loaded = lambda: any(has_torch_loaded(p) for p in pool_processes(int(validator["pid"])))  # noqa: E731
+            wait_until(loaded, 60, "the validation stack loaded before the first job")
+            assert all(pool_processes(int(w["pid"])) for w in workers)
+            assert not any(has_torch_loaded(p) for w in workers for p in pool_processes(int(w["pid"])))
             ids = [client.post("/jobs", json=spec).json()["id"] for _ in range(2)]
             # One list request a round, 5 rounds a second: under the API's rate limit (10 a second) however long
             # the jobs take on a busy box.

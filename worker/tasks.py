@@ -1,17 +1,19 @@
 """The Celery task: a thin boundary that claims a job and runs it in a fresh training process it supervises."""
 
 import ctypes
+import importlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.attempts import (
     attempts_spent,
@@ -175,6 +177,16 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
         fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
         session.commit()
         return False
+
+
+@worker_process_init.connect
+def warm_up_validation(**_kwargs: Any) -> None:
+    """In a validation worker's pool process, import the validation stack as the process starts (in the background:
+    it takes seconds, and Celery waits only a few for a new process), so the first job after a start is checked as
+    fast as the next. A training worker's process stays light: its trainers import in their own processes."""
+    if get_settings().validate_queue_name not in {queue.name for queue in app.amqp.queues.consume_from.values()}:
+        return
+    threading.Thread(target=importlib.import_module, args=("worker.validation",), daemon=True).start()
 
 
 @worker_shutting_down.connect
