@@ -107,6 +107,12 @@ def _schedule(session: Session) -> tuple[list[str], list[str]]:
     return fair_order(queued, _running_counts(session), _running_caps(session, owners), _last_started(session, owners))
 
 
+def jobs_waiting(*, session: Session) -> bool:
+    """Whether any job is validating or queued: work a spare trainer would soon take."""
+    waiting = select(Job.id).where(Job.status.in_((JobStatus.validating, JobStatus.queued))).limit(1)
+    return session.scalar(waiting) is not None
+
+
 def next_job_id(*, session: Session) -> str | None:
     """The queued job a free GPU should start now, or None (nothing queued, or every owner at their cap)."""
     order, _held = _schedule(session)

@@ -226,7 +226,8 @@ def test_twenty_concurrent_posts_with_one_idempotency_key_create_one_job(
     api.post(f"/jobs/{mine[0]['id']}/cancel")
 
 
-def test_the_next_job_is_trained_by_the_spare_started_during_the_last_and_shows_its_job(
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)  # the spare does not touch the database's kind
+def test_a_job_waiting_behind_another_is_trained_by_the_spare_started_meanwhile_and_shows_its_job(
     api: StackClient, tiny_model: Path, train_file: Path
 ) -> None:
     spec = {
@@ -234,16 +235,18 @@ def test_the_next_job_is_trained_by_the_spare_started_during_the_last_and_shows_
         "dataset": {"id": str(train_file)},
         "hyperparameters": {"batch_size": BATCH, "max_length": 320, "max_steps": 2, "logging_steps": 1},
     }
-    first = wait_for_end(api, submit(api, spec)["id"])  # its trainer started a spare beside it
-    job_id = submit(api, spec)["id"]
+    first_id = submit(api, spec)["id"]
+    job_id = submit(api, spec)["id"]  # waits behind the first: the worker starts a spare while the first trains
     seen_pids: set[int] = set()
     while api.get(f"/jobs/{job_id}").json()["status"] not in ("succeeded", "failed", "cancelled"):
         seen_pids.update(trainer_pids(job_id))  # found by the job id its command line now shows
         time.sleep(0.2)
-    second = wait_for_end(api, job_id)
+    first, second = wait_for_end(api, first_id), wait_for_end(api, job_id)
 
     log = (api.stack.settings.jobs_dir / job_id / "attempt-1.log").read_text()
     assert (first["status"], second["status"]) == ("succeeded", "succeeded"), second["error"]
     assert f"job {job_id} attempt 1 taken by spare trainer" in log
     assert "loss" in log, "the spare's own output went to the attempt's log"
     assert seen_pids, "the spare took the job's title"
+    first_log = (api.stack.settings.jobs_dir / first_id / "attempt-1.log").read_text()
+    assert "taken by spare trainer" not in first_log, "nothing was waiting before the first job: it started cold"

@@ -1,8 +1,8 @@
 """The training process: `python -m worker.runner JOB_ID ATTEMPT`, started fresh for each job by the task.
 
 A fresh process per job frees all GPU memory when it exits and keeps torch out of the Celery worker. A spare
-(`python -m worker.runner --spare`) is the same process started ahead: it imports the training stack (seconds)
-while the worker waits or trains, then takes one job from its standard input; it has touched no GPU and no job
+(`python -m worker.runner --spare`) is the same process started ahead, once a job waits behind the one training:
+it imports the training stack (seconds), then takes one job from its standard input; it has touched no GPU and no job
 before that.
 """
 

@@ -32,6 +32,7 @@ from shared.limits import check_planned_limits, user_limits
 from shared.models import JobStatus
 from shared.paths import check_local_refs
 from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_job
+from shared.scheduling import jobs_waiting
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from shared.users import get_user
@@ -51,20 +52,23 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _beat(job_id: str, attempt: int) -> tuple[bool, bool, bool]:
-    """Extend the lease; returns (still ours, cancel requested, ended by this attempt)."""
+def _beat(job_id: str, attempt: int) -> tuple[bool, bool, bool, bool]:
+    """Extend the lease; returns (still ours, cancel requested, ended by this attempt, other jobs waiting)."""
     with session_scope() as session:
         ours = heartbeat(session=session, job_id=job_id, attempt=attempt)
         cancelling = ours and is_cancelling(session=session, job_id=job_id, attempt=attempt)
         job = get_job(session=session, job_id=job_id)
         ended_here = not ours and job.attempt == attempt and job.status.is_terminal
+        waiting = jobs_waiting(session=session)
         session.commit()
-    return ours, cancelling, ended_here
+    return ours, cancelling, ended_here, waiting
 
 
-def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float) -> int:
+def supervise(
+    process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float, *, spare: bool = False
+) -> int:
     """Wait for the trainer while holding the job's lease; kill it if the job is taken from this attempt, or if
-    a cancel is not honoured within `grace_s`."""
+    a cancel is not honoured within `grace_s`. With `spare`, start a spare trainer once another job is waiting."""
     cancel_seen: float | None = None
     while True:
         try:
@@ -72,10 +76,12 @@ def supervise(process: subprocess.Popen[bytes], job_id: str, attempt: int, grace
         except subprocess.TimeoutExpired:
             pass
         try:
-            ours, cancelling, ended_here = _beat(job_id, attempt)
+            ours, cancelling, ended_here, waiting = _beat(job_id, attempt)
         except Exception:  # a database blip must not orphan the trainer; the lease covers longer outages
             log.exception("heartbeat of job %s failed; will retry", job_id)
             continue
+        if spare and waiting and not _spare:
+            _spare.append(_start_trainer([SPARE_FLAG], None))
         if ended_here:  # the trainer recorded the outcome and is exiting: let it finish (W&B, logs)
             return _wait_or_kill(process, EXIT_GRACE_S)
         if not ours:
@@ -103,17 +109,15 @@ def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
 def run_training_process(job_id: str, attempt: int) -> int:
     """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code.
 
-    The attempt goes to the spare trainer when one is alive (its imports are done), else to a process started now;
-    either way a new spare then starts importing for the next job while this one trains.
+    The attempt goes to the spare trainer when one is alive (its imports are done), else to a process started now.
+    While it trains, a new spare starts importing as soon as another job is waiting (an idle box keeps none).
     """
     settings = get_settings()
     job_dir = settings.jobs_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     log_path = job_dir / f"attempt-{attempt}.log"
     process = _hand_to_spare(job_id, attempt, log_path) or _start_trainer([job_id, str(attempt)], log_path)
-    if settings.spare_trainer:
-        _spare.append(_start_trainer([SPARE_FLAG], None))
-    return supervise(process, job_id, attempt, settings.cancel_grace_s)
+    return supervise(process, job_id, attempt, settings.cancel_grace_s, spare=settings.spare_trainer)
 
 
 _spare: list[subprocess.Popen[bytes]] = []  # the spare trainer of this worker process, if one was started
