@@ -33,7 +33,7 @@ REDIS_URL = os.environ.get("FTQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Sizes of the randomized fault run (tests/test_chaos.py)."""
-    parser.addoption("--chaos-faults", type=int, default=8, help="faults to inject (the full run: 30)")
+    parser.addoption("--chaos-faults", type=int, default=7, help="faults to inject: each kind once (the full run: 30)")
     parser.addoption("--chaos-jobs", type=int, default=3, help="jobs to run under them (the full run: 8)")
     parser.addoption("--chaos-seed", type=int, default=1, help="seed of the fault sequence")
 

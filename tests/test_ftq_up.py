@@ -92,7 +92,7 @@ def test_ftq_up_runs_one_pinned_worker_per_gpu_on_embedded_parts_and_stops_every
     spec = {
         "base_model": str(tiny_model),
         "dataset": {"id": str(train_file)},
-        "hyperparameters": {"batch_size": 4, "max_steps": 8, "max_length": 320},
+        "hyperparameters": {"batch_size": 4, "max_steps": 4, "max_length": 320},
     }
     pinned: dict[str, set[str | None]] = {}
     try:
