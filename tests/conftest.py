@@ -201,6 +201,22 @@ def stack_client(
             _drop_postgres_db(url)
 
 
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory, local_root: Path) -> Iterator[StackClient]:
+    """One SQLite stack for the modules that neither break nor reconfigure theirs: each signs in as a user of its
+    own (`user_of`), so it sees only its own jobs; sharing saves each a stack's start and first imports."""
+    with stack_client("sqlite", tmp_path_factory.mktemp("stack-shared"), local_root) as client:
+        yield client
+
+
+def user_of(stack: StackClient, name: str) -> StackClient:
+    """A client of a running stack holding a key of user `name` (made if new)."""
+    with session_scope(stack.stack.settings.db_url) as session:
+        _key, raw = create_api_key(session=session, name=name)
+        session.commit()
+    return StackClient(stack.stack, headers={"Authorization": f"Bearer {raw}"})
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path

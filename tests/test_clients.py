@@ -17,16 +17,16 @@ import yaml
 
 from ftq import APIError, Client
 from ftq.client import resolve_config
-from tests.conftest import REPO, stack_client
+from tests.conftest import REPO, user_of
 from tests.services import StackClient, wait_until
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, local_root: Path) -> Iterator[StackClient]:
-    """A running stack (SQLite, Redis) and a client of it holding a key."""
-    with stack_client("sqlite", tmp_path_factory.mktemp("clients"), local_root) as client:
+def stack(shared_stack: StackClient) -> Iterator[StackClient]:
+    """The shared running stack (SQLite, Redis) and a client of it holding a key of this module's user."""
+    with user_of(shared_stack, "client-user") as client:
         yield client
 
 

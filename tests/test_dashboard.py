@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from api.main import create_app
 from api.routes.dashboard import STATIC_DIR
-from tests.conftest import stack_client
+from tests.conftest import user_of
 from tests.services import StackClient, wait_for_end, wait_until
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
@@ -51,9 +51,9 @@ def api_key(client: httpx.Client) -> str:
 
 
 @pytest.fixture(scope="module")
-def dash_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path) -> Iterator[StackClient]:
-    """One running stack on SQLite for the whole module."""
-    with stack_client("sqlite", tmp_path_factory.mktemp("stack-dashboard"), local_root) as client:
+def dash_api(shared_stack: StackClient) -> Iterator[StackClient]:
+    """The shared running stack on SQLite, as this module's user `e2e`."""
+    with user_of(shared_stack, "e2e") as client:
         yield client
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import stack_client
+from tests.conftest import user_of
 from tests.services import StackClient, wait_for_end
 from worker.scoring import score_numeric
 
@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.training, pytest.mark.redis]
 
 @pytest.fixture(scope="module")
 def evaluated(
-    tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path, train_file: Path
+    shared_stack: StackClient, tiny_model: Path, train_file: Path
 ) -> Iterator[tuple[StackClient, dict[str, Any]]]:
     """A finished job that trained 4 steps (scoring its checkpoint at step 2), then scored itself and its base model
     on 8 rows."""
-    with stack_client("sqlite", tmp_path_factory.mktemp("evaluation"), local_root) as client:
+    with user_of(shared_stack, "evaluator") as client:
         spec = {
             "base_model": str(tiny_model),
             "dataset": {"id": str(train_file)},
