@@ -11,6 +11,7 @@ None of the choices changes the arithmetic of an optimizer step at the spec's ow
 - a lean bitsandbytes optimizer step queues the same kernels in the same order, only without waiting for each.
 """
 
+import functools
 import importlib.util
 import types
 from dataclasses import asdict, dataclass
@@ -175,36 +176,38 @@ def model_shape(model: Any) -> ModelShape:
     return ModelShape(config.hidden_size, config.num_hidden_layers, config.vocab_size, quantized)
 
 
-class CachedDequantizedForward:
-    """The forward of a bitsandbytes Linear4bit with its weight dequantized once (the base is frozen)."""
+@functools.cache
+def cached_dequantized_class() -> type:
+    """The Linear4bit subclass whose forward uses the weight dequantized once (the base is frozen). One class for
+    every layer, so `torch.compile` traces its forward once rather than once per layer."""
+    import bitsandbytes as bnb
 
-    def __init__(self, layer: Any, dtype: torch.dtype) -> None:
-        import bitsandbytes.functional as bnbf
+    class CachedDequantizedLinear4bit(bnb.nn.Linear4bit):
+        def forward(self, x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+            """As bitsandbytes computes it: input in the compute dtype, a plain linear, output in the input's
+            dtype."""
+            weight = self.ftq_dequantized_weight
+            bias = None if self.bias is None else self.bias.to(weight.dtype)
+            return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
-        self.layer = layer
-        self.dtype = dtype
-        weight = layer.weight
-        with torch.no_grad():
-            dequantized = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
-        layer.register_buffer("ftq_dequantized_weight", dequantized, persistent=False)
-
-    def __call__(self, x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
-        """As bitsandbytes computes it: input in the compute dtype, a plain linear, output in the input's dtype."""
-        layer = self.layer
-        bias = None if layer.bias is None else layer.bias.to(self.dtype)
-        out = torch.nn.functional.linear(x.to(self.dtype), layer.ftq_dequantized_weight, bias)
-        return out.to(x.dtype)
+    return CachedDequantizedLinear4bit
 
 
 def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
-    """Give every 4-bit Linear of `model` a dequantized bf16 copy of its weight and use it; returns the bytes."""
+    """Give every 4-bit Linear of `model` a dequantized copy of its weight (in the compute dtype) and use it;
+    returns the bytes."""
     import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
 
     total = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            module.forward = CachedDequantizedForward(module, dtype)
-            total += module.ftq_dequantized_weight.numel() * module.ftq_dequantized_weight.element_size()
+            weight = module.weight
+            with torch.no_grad():
+                dequantized = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+            module.register_buffer("ftq_dequantized_weight", dequantized, persistent=False)
+            module.__class__ = cached_dequantized_class()
+            total += dequantized.numel() * dequantized.element_size()
     return total
 
 
