@@ -234,7 +234,11 @@ class PerformanceSpec(Strict):
         description="Dequantize each 4-bit weight once and keep the bf16 copy instead of every step (same numbers,"
         " about 2 bytes a parameter more GPU memory).",
     )
-    compile: Auto | bool = Field("auto", description="torch.compile the model (auto: off until measured to pay).")
+    compile: Auto | bool = Field(
+        "auto",
+        description="torch.compile each decoder layer: shorter steps after seconds of compiling, another rounding"
+        " (auto: off).",
+    )
     lean_optimizer: Auto | bool = Field(
         "auto",
         description="bitsandbytes optimizers (paged_adamw_32bit, ...): the same kernels on the same stream, without"
