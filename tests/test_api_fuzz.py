@@ -44,7 +44,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-EXAMPLES_PER_OPERATION = int(os.environ.get("FTQ_FUZZ_EXAMPLES", "15"))  # more for a deeper run by hand
+EXAMPLES_PER_OPERATION = int(os.environ.get("FTQ_FUZZ_EXAMPLES", "10"))  # more for a deeper run by hand
 
 
 def fuzz(operation: Any, headers: dict[str, str], real: dict[str, str], seen: Counter[tuple[str, int]]) -> None:

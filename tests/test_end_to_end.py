@@ -27,6 +27,8 @@ def submit(client: httpx.Client, spec: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+# The training path is the same on either database; PostgreSQL runs it in the journey, team and fault tests.
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
 def test_job_trains_a_4bit_lora_adapter_to_success(
     api: StackClient, tiny_model: Path, train_file: Path, local_root: Path, pricer_rows: list[Any]
 ) -> None:
