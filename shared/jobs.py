@@ -42,6 +42,10 @@ def check_adapter_job(*, session: Session, spec: JobSpec, owner_id: str | None) 
     job = session.get(Job, spec.adapter)
     if job is None or (owner_id is not None and job.owner_id != owner_id):
         raise InvalidInput(f"no job {spec.adapter!r}", code="adapter_not_found", param="adapter")
+    if job.spec.get("kind") == "evaluation":
+        raise InvalidInput(
+            f"job {job.id} is an evaluation: it has no adapter", code="adapter_not_found", param="adapter"
+        )
     if job.status is not JobStatus.succeeded or not (job.result or {}).get("adapter_path"):
         raise InvalidInput(
             f"job {job.id} is {job.status.value}: only a succeeded fine-tune has an adapter to score",

@@ -52,12 +52,15 @@ def check_spec_limits(limits: UserLimits, spec: JobSpec) -> None:
     """Refuse a spec bigger than the caps allow (its steps, epochs, length or declared rows)."""
     hp = spec.hyperparameters
     field, dataset = spec.main_dataset()
-    checks = [
-        ("max_steps", limits.max_steps, hp.max_steps, "hyperparameters.max_steps"),
-        ("max_epochs", limits.max_epochs, None if hp.max_steps else hp.epochs, "hyperparameters.epochs"),
-        ("max_length", limits.max_length, hp.max_length, "hyperparameters.max_length"),
-        ("max_rows", limits.max_rows, dataset.max_rows, f"{field}.max_rows"),
+    checks: list[tuple[str, float | None, float | None, str]] = [
+        ("max_rows", limits.max_rows, dataset.max_rows, f"{field}.max_rows")
     ]
+    if spec.kind == "fine_tune":  # an evaluation job trains nothing: the training caps do not apply to it
+        checks += [
+            ("max_steps", limits.max_steps, hp.max_steps, "hyperparameters.max_steps"),
+            ("max_epochs", limits.max_epochs, None if hp.max_steps else hp.epochs, "hyperparameters.epochs"),
+            ("max_length", limits.max_length, hp.max_length, "hyperparameters.max_length"),
+        ]
     for name, allowed, asked, param in checks:
         if allowed is not None and asked is not None and asked > allowed:
             raise LimitExceeded(name, allowed, asked, f"{param}={asked:g}", param=param)

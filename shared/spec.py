@@ -213,6 +213,10 @@ class EvaluationSpec(Strict):
         False, description="Fine-tune jobs: also score the adapter at each saved checkpoint (fine-tune only)."
     )
 
+    def answers_for(self, rows: int) -> int:
+        """Answers generated for `rows` rows: one each, and one more each from the base model with `baseline`."""
+        return rows * (2 if self.baseline else 1)
+
 
 Auto = Literal["auto"]
 
@@ -325,17 +329,12 @@ class JobSpec(Strict):
             raise ValueError("an evaluation job trains nothing: name the rows to score in evaluation.dataset")
         return value
 
-    @field_validator("hyperparameters", "lora", "performance")
+    @field_validator("hyperparameters", "lora", "performance", "hub", "wandb")
     @classmethod
-    def _training_only(cls, value: BaseModel, info: ValidationInfo) -> BaseModel:
-        if info.data.get("kind") == "evaluation" and value != type(value)():
-            raise ValueError(TRAINING_ONLY)
-        return value
-
-    @field_validator("hub", "wandb")
-    @classmethod
-    def _training_only_if_set(cls, value: BaseModel | None, info: ValidationInfo) -> BaseModel | None:
-        if info.data.get("kind") == "evaluation" and value is not None:
+    def _training_only(cls, value: BaseModel | None, info: ValidationInfo) -> BaseModel | None:
+        # An evaluation job may carry these sections only as their defaults (what a stored spec holds).
+        default = cls.model_fields[str(info.field_name)].get_default(call_default_factory=True)
+        if info.data.get("kind") == "evaluation" and value != default:
             raise ValueError(TRAINING_ONLY)
         return value
 
@@ -346,7 +345,7 @@ class JobSpec(Strict):
             return value
         if value is None:
             raise ValueError("an evaluation job needs its evaluation block (the rows to score and how)")
-        if value.baseline and info.data.get("adapter") is None:
+        if value.baseline and "adapter" in info.data and info.data["adapter"] is None:  # (a bad adapter is told)
             raise ValueError("baseline compares an adapter with its base model: set adapter, or leave baseline off")
         if value.at_checkpoints:
             raise ValueError("at_checkpoints applies to fine_tune jobs (an evaluation job has no checkpoints)")

@@ -180,3 +180,23 @@ def test_a_local_adapter_outside_the_roots_or_missing_is_refused(
 
     assert response.status_code == 422
     assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (code, "adapter")
+
+
+def test_training_caps_do_not_stop_an_evaluation_but_its_row_cap_does(
+    client: TestClient, spec: dict[str, Any], evaluation: dict[str, Any]
+) -> None:
+    with client_for("root", admin=True) as admin:
+        capped = admin.patch("/users/tester", json={"limits": {"max_length": 100, "max_epochs": 0.5, "max_rows": 4}})
+    body = {"kind": "evaluation", "base_model": spec["base_model"], "evaluation": {**evaluation, "baseline": False}}
+
+    fine_tune = client.post("/jobs", json={**spec, "dataset": {**spec["dataset"], "max_rows": 4}})
+    too_many = client.post("/jobs", json=body)
+    few = client.post(
+        "/jobs",
+        json={**body, "evaluation": {**body["evaluation"], "dataset": {"id": spec["dataset"]["id"], "max_rows": 4}}},
+    )
+
+    assert capped.status_code == 200, capped.text
+    assert fine_tune.status_code == 422 and fine_tune.json()["error"]["code"] == "limit_exceeded"
+    assert (too_many.status_code, too_many.json()["error"]["param"]) == (422, "evaluation.dataset.max_rows")
+    assert few.status_code == 201, few.text

@@ -4,7 +4,6 @@ import io
 import json
 import math
 import tarfile
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -240,9 +239,12 @@ def test_a_job_waiting_behind_another_is_trained_by_the_spare_started_meanwhile_
     first_id = submit(api, spec)["id"]
     job_id = submit(api, spec)["id"]  # waits behind the first: the worker starts a spare while the first trains
     seen_pids: set[int] = set()
-    while api.get(f"/jobs/{job_id}").json()["status"] not in ("succeeded", "failed", "cancelled"):
+
+    def ended() -> bool:
         seen_pids.update(trainer_pids(job_id))  # found by the job id its command line now shows
-        time.sleep(0.2)
+        return api.get(f"/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_until(ended, timeout_s=300, what="the second job to end")
     first, second = wait_for_end(api, first_id), wait_for_end(api, job_id)
 
     log = (api.stack.settings.jobs_dir / job_id / "attempt-1.log").read_text()

@@ -1,7 +1,6 @@
 """An evaluation job's progress: answers generated, reported at most once per interval, and a cancel or drain
 stops the generation."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +35,7 @@ def test_answers_are_reported_once_per_interval_and_always_at_the_end() -> None:
 
 
 @pytest.mark.parametrize(("directive", "drained"), [("stop", False), ("drain", True)])
-def test_a_cancel_or_a_drain_stops_the_generation(directive: str, drained: bool, tmp_path: Path) -> None:
+def test_a_cancel_or_a_drain_stops_the_generation(directive: str, drained: bool) -> None:
     progress = EvaluationProgress(Directives("continue", directive), total=12, interval_s=0)
     progress(4)
 

@@ -128,6 +128,8 @@ def test_the_lean_optimizer_step_is_planned_on_cuda_for_bitsandbytes_optimizers_
 
 @pytest.mark.parametrize("optimizer", ["PagedAdamW32bit", "PagedAdamW8bit"])
 def test_the_lean_optimizer_step_updates_exactly_as_bitsandbytes_does(optimizer: str) -> None:
+    # On the CPU bitsandbytes' sync is a no-op: this proves the loop kept every update in order (the H200 bench
+    # proves the loss curve unchanged on CUDA).
     import bitsandbytes as bnb
 
     torch.manual_seed(0)
@@ -157,7 +159,7 @@ def test_the_lean_optimizer_step_leaves_other_optimizers_alone() -> None:
     assert "step" not in vars(opt)
 
 
-def test_token_counts_wait_on_the_device_until_read() -> None:
+def test_token_counts_accumulate_on_the_device_and_reach_the_host_on_read() -> None:
     counter = TokenCounter()
     labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, 8, -100]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])

@@ -169,12 +169,14 @@ def test_the_trainer_reports_out_of_memory_by_its_exit_code(running_job: str, mo
     assert status_of(running_job) == (JobStatus.running, None), "the task, not the trainer, decides what follows"
 
 
-def test_an_attempt_goes_to_the_live_spare_and_a_dead_one_is_passed_over(tmp_path: Path) -> None:
+def test_an_attempt_goes_to_the_live_spare_and_a_dead_one_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     echo = [sys.executable, "-c", "import sys; print(sys.stdin.readline().strip())"]
     alive = subprocess.Popen(echo, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     dead = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
     dead.wait()
-    tasks._spare[:] = [alive, dead]  # the newest is tried first
+    monkeypatch.setattr(tasks, "_spare", [alive, dead])  # the newest is tried first
 
     taken = tasks._hand_to_spare("ftjob-1", 2, tmp_path / "attempt-2.log")
     nobody = tasks._hand_to_spare("ftjob-1", 3, tmp_path / "attempt-3.log")

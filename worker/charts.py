@@ -25,8 +25,9 @@ def mean_error_by_band(rows: list[dict[str, Any]], prediction: str = "prediction
     return out
 
 
-def draw_charts(rows: list[dict[str, Any]], out_dir: Path, *, baseline: bool) -> list[Path]:
-    """Write the scatter and the band chart; returns their paths."""
+def draw_charts(rows: list[dict[str, Any]], out_dir: Path, *, baseline: bool, subject: str = "fine-tune") -> list[Path]:
+    """Write the scatter and the band chart of `subject` (the fine-tune, or the base model alone); returns their
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a worker
@@ -42,7 +43,7 @@ def draw_charts(rows: list[dict[str, Any]], out_dir: Path, *, baseline: bool) ->
     axes.set_xlabel("truth ($)")
     axes.set_ylabel("prediction ($)")
     unparsed = len(rows) - len(parsed)
-    axes.set_title(f"fine-tune: {len(parsed)} answers plotted, {unparsed} without a number")
+    axes.set_title(f"{subject}: {len(parsed)} answers plotted, {unparsed} without a number")
     figure.tight_layout()
     scatter = out_dir / SCATTER_FILE
     figure.savefig(scatter, dpi=100)
@@ -53,7 +54,7 @@ def draw_charts(rows: list[dict[str, Any]], out_dir: Path, *, baseline: bool) ->
     width = 0.4 if baseline else 0.8
     positions = list(range(len(BANDS)))
     tuned = [v or 0.0 for v in mean_error_by_band(rows)]
-    axes.bar([p - (width / 2 if baseline else 0) for p in positions], tuned, width, label="fine-tune")
+    axes.bar([p - (width / 2 if baseline else 0) for p in positions], tuned, width, label=subject)
     if baseline:
         base = [v or 0.0 for v in mean_error_by_band(rows, "baseline_prediction")]
         axes.bar([p + width / 2 for p in positions], base, width, label="base model", color="grey")

@@ -142,7 +142,7 @@ def evaluate(
     partial.replace(path)
     result["predictions_path"] = str(path)
     if spec.metric == "numeric":
-        charts = draw_charts(rows, out_dir, baseline=spec.baseline)
+        charts = draw_charts(rows, out_dir, baseline=spec.baseline, subject=subject)
         result["charts"] = [chart.name for chart in charts]
     reporter.log("evaluation done", {k: v for k, v in result.items() if k != "predictions_path"})
     return result

@@ -65,8 +65,7 @@ def run_evaluation(
     if spec.adapter is not None:
         model = load_adapter(model, spec.adapter, roots, hf_token)
     scored = load_scored_rows(spec.evaluation, roots, hf_token)
-    answers = len(scored.prompts) * (2 if spec.evaluation.baseline else 1)
-    progress = EvaluationProgress(reporter, answers, interval_s)
+    progress = EvaluationProgress(reporter, spec.evaluation.answers_for(len(scored.prompts)), interval_s)
     try:
         scores = evaluate(
             model,

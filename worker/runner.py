@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,27 +119,16 @@ def run(job_id: str, attempt: int) -> int:
         spec, owner_id = JobSpec.model_validate(job.spec), job.owner_id
     reporter = JobReporter(job_id, attempt)
     job_dir = settings.jobs_dir / job_id
-    credentials = credentials_for(owner_id)
+    work = run_evaluation if spec.kind == "evaluation" else partial(train, job_id=job_id)
     try:
-        if spec.kind == "evaluation":
-            outcome = run_evaluation(
-                spec,
-                job_dir,
-                settings.allowed_roots,
-                reporter,
-                interval_s=settings.progress_interval_s,
-                credentials=credentials,
-            )
-        else:
-            outcome = train(
-                spec,
-                job_dir,
-                settings.allowed_roots,
-                reporter,
-                job_id=job_id,
-                interval_s=settings.progress_interval_s,
-                credentials=credentials,
-            )
+        outcome = work(
+            spec,
+            job_dir,
+            settings.allowed_roots,
+            reporter,
+            interval_s=settings.progress_interval_s,
+            credentials=credentials_for(owner_id),  # inside: an unreadable token fails the job, a blip requeues it
+        )
     except OperationalError:
         log.exception("job %s attempt %s lost its database; exiting to be queued again", job_id, attempt)
         return EXIT_TEMPFAIL

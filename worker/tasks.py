@@ -80,8 +80,8 @@ def supervise(
         except Exception:  # a database blip must not orphan the trainer; the lease covers longer outages
             log.exception("heartbeat of job %s failed; will retry", job_id)
             continue
-        if spare and waiting and not _spare:
-            _spare.append(_start_trainer([SPARE_FLAG], None))
+        if spare and waiting:
+            _keep_a_spare()
         if ended_here:  # the trainer recorded the outcome and is exiting: let it finish (W&B, logs)
             return _wait_or_kill(process, EXIT_GRACE_S)
         if not ours:
@@ -110,7 +110,8 @@ def run_training_process(job_id: str, attempt: int) -> int:
     """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code.
 
     The attempt goes to the spare trainer when one is alive (its imports are done), else to a process started now.
-    While it trains, a new spare starts importing as soon as another job is waiting (an idle box keeps none).
+    While it trains, a new spare starts importing as soon as another job is waiting; a box that never has a job
+    waiting never starts one.
     """
     settings = get_settings()
     job_dir = settings.jobs_dir / job_id
@@ -123,9 +124,22 @@ def run_training_process(job_id: str, attempt: int) -> int:
 _spare: list[subprocess.Popen[bytes]] = []  # the spare trainer of this worker process, if one was started
 
 
-def _start_trainer(args: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
-    """A training process: for one attempt, logging to its file, or a spare (`--spare`) waiting on stdin."""
-    with open(log_path, "ab") if log_path is not None else open(os.devnull, "wb") as output:
+def _keep_a_spare() -> None:
+    """Start a spare trainer unless a live one is waiting; a failure to start one never disturbs supervision."""
+    _spare[:] = [spare for spare in _spare if spare.poll() is None]
+    if _spare:
+        return
+    try:
+        _spare.append(_start_trainer([SPARE_FLAG], get_settings().jobs_dir / "spare-trainer.log"))
+    except OSError:
+        log.exception("could not start a spare trainer; the next job starts cold")
+
+
+def _start_trainer(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A training process: for one attempt, or a spare (`--spare`) waiting on stdin, which logs to the spares' log
+    (a failed import is told there) until it takes a job and writes to that attempt's log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "worker.runner", *args],
             stdin=subprocess.PIPE if args == [SPARE_FLAG] else subprocess.DEVNULL,

@@ -75,5 +75,4 @@ def _validate_evaluation(spec: JobSpec, roots: list[Path], hf_token: str | None)
     if spec.adapter is not None:
         adapter_source(spec.adapter, roots)
     rows = len(scored.prompts)
-    answers = rows * (2 if spec.evaluation.baseline else 1)
-    return Validation(stats={"rows": rows}, planned_steps=answers, warnings=[], rows=rows)
+    return Validation(stats={"rows": rows}, planned_steps=spec.evaluation.answers_for(rows), warnings=[], rows=rows)
