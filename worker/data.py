@@ -134,6 +134,12 @@ def split_at_template(rows: Dataset, spec: DatasetSpec, *, field: str = "dataset
     return pairs.remove_columns(["missing"])
 
 
+def load_pairs(spec: DatasetSpec, roots: list[Path], token: str | None = None, *, field: str = "dataset") -> Dataset:
+    """The dataset the spec names, each row split at the template into `prompt` and `completion` (errors name the
+    spec's `field`)."""
+    return split_at_template(load_rows(spec, roots, token, field=field), spec, field=field)
+
+
 def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[Dataset, DatasetStats]:
     """Tokenize prompt/completion pairs into `input_ids` + `completion_mask`, truncated at `max_length`.
 

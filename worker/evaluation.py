@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from shared.spec import EvaluationSpec
 from worker.charts import draw_charts
-from worker.data import load_rows, split_at_template
+from worker.data import load_pairs
 from worker.progress import Reporter
 from worker.scoring import grade, parse_number, score_numeric
 
@@ -92,8 +92,7 @@ class ScoredRows:
 
 def load_scored_rows(spec: EvaluationSpec, roots: list[Path], hf_token: str | None = None) -> ScoredRows:
     """Load the evaluation rows and split each into its prompt and its truth (errors name `evaluation.dataset`)."""
-    data = spec.dataset
-    pairs = split_at_template(load_rows(data, roots, hf_token, field=FIELD), data, field=FIELD)
+    pairs = load_pairs(spec.dataset, roots, hf_token, field=FIELD)
     return ScoredRows(prompts=list(pairs["prompt"]), truths=list(pairs["completion"]))
 
 

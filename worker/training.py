@@ -13,7 +13,7 @@ from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.credentials import Credentials
-from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
+from worker.data import DatasetStats, load_pairs, tokenize_pairs
 from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
@@ -113,7 +113,7 @@ def build_trainer(
     """Prepare data and model and return a ready SFTTrainer with its reporting callbacks."""
     hf_token = credentials.hf_token
     tokenizer = load_tokenizer(spec.base_model, roots, hf_token)
-    pairs = split_at_template(load_rows(spec.training_rows, roots, hf_token), spec.training_rows)
+    pairs = load_pairs(spec.training_rows, roots, hf_token)
     train_set, stats = tokenize_pairs(pairs, tokenizer, spec.hyperparameters.max_length)
     reporter.stats(stats)
     # Seed before the LoRA layers are created: their random init is part of what `seed` makes reproducible.

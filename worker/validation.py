@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.errors import JobFailure
 from shared.spec import Hyperparameters, JobSpec
-from worker.data import DatasetStats, load_rows, split_at_template, tokenize_pairs
+from worker.data import DatasetStats, load_pairs, tokenize_pairs
 from worker.evaluation import load_scored_rows
 from worker.recipe import adapter_source, load_tokenizer
 
@@ -49,7 +49,7 @@ def validate(spec: JobSpec, roots: list[Path], sample_rows: int, hf_token: str |
     if spec.kind == "evaluation":
         return _validate_evaluation(spec, roots, hf_token)
     # Every row: the template check is cheap.
-    pairs = split_at_template(load_rows(spec.training_rows, roots, hf_token), spec.training_rows)
+    pairs = load_pairs(spec.training_rows, roots, hf_token)
     total = len(pairs)
     sample = pairs.select(range(min(total, sample_rows)))
     _tokenized, stats = tokenize_pairs(sample, tokenizer, spec.hyperparameters.max_length)
