@@ -55,16 +55,29 @@ def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
 
 def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
     """SIGTERM a process group, then SIGKILL it after the grace period."""
+    stop_process_groups([process], grace_s)
+
+
+def stop_process_groups(processes: list[subprocess.Popen[bytes]], grace_s: float = 15) -> None:
+    """SIGTERM every process group at once (they shut down side by side), then SIGKILL those still running after
+    the grace period."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
+        running = []
+        for process in processes:
+            try:
+                os.killpg(process.pid, sig)
+                running.append(process)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + wait
+        processes = []
+        for process in running:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                processes.append(process)
+        if not processes:
             return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class RunningStack:
@@ -107,8 +120,7 @@ class RunningStack:
 
     def stop(self) -> None:
         """Stop every process."""
-        for process in self.processes.values():
-            stop_process_group(process)
+        stop_process_groups(list(self.processes.values()))
 
 
 class StackClient(httpx.Client):
