@@ -1,16 +1,21 @@
 """The `ftq` command line."""
 
 import argparse
+import functools
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from ftq.admin import add_admin_commands
 from ftq.commands import add_user_commands
 from shared.settings import Settings, apply_data_dir
+
+if TYPE_CHECKING:
+    from ftq.stack import Stack
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -32,7 +37,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     trainers = ", ".join(p.name for p in processes[1:-1])
     print(f"ftq up: data {settings.data_path}, broker {broker}, API http://{args.host}:{args.port}", flush=True)
     print(f"ftq up: training workers {trainers}", flush=True)
-    stack = Stack(processes, env=dict(os.environ))
+    demo = None
+    if args.demo:
+        demo = functools.partial(_run_demo, settings, f"http://{args.host}:{args.port}", key_file.read_text().strip())
+    return run_in_foreground("ftq up", Stack(processes, env=dict(os.environ)), demo)
+
+
+def run_in_foreground(
+    name: str, stack: "Stack", after_start: Callable[[Callable[[], bool]], None] | None = None
+) -> int:
+    """Start the stack's processes and watch them until Ctrl-C or SIGTERM (0), or until one exits (1); stop them all
+    either way. `after_start` runs once they are started, told whether a stop was asked."""
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -43,20 +58,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         stack.start()
-        if args.demo:
-            _run_demo(settings, f"http://{args.host}:{args.port}", key_file.read_text().strip(), lambda: stopping)
+        if after_start is not None:
+            after_start(lambda: stopping)
         while not stopping:
             dead = stack.poll_dead()
             if dead is not None:
-                print(
-                    f"ftq up: {dead.args!r} exited with {dead.returncode}",
-                    file=sys.stderr,
-                )
+                print(f"{name}: {dead.args!r} exited with {dead.returncode}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
         return 0
     finally:
-        print("ftq up: stopping", flush=True)
+        print(f"{name}: stopping", flush=True)
         stack.stop()
 
 
@@ -93,10 +105,20 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run only a worker (one job at a time): a training worker, pinned with --gpu N, or a validation worker."""
-    from ftq.stack import gpu_worker, worker_command
+    """Run only a worker (one job at a time): a training worker, pinned with --gpu N, or a validation worker; with
+    --gpus, one training worker per GPU of this box (so that a job can take several of them)."""
+    from ftq.stack import Stack, gpu_worker, parse_gpus, worker_command
 
     settings = apply_data_dir(args.data_dir)
+    if args.gpus is not None:
+        try:
+            gpus = parse_gpus(args.gpus)
+        except ValueError as exc:
+            print(f"ftq worker: {exc}", file=sys.stderr)
+            return 2
+        workers = [gpu_worker(settings, gpu) for gpu in gpus] or [gpu_worker(settings, None)]
+        print(f"ftq worker: training workers {', '.join(w.name for w in workers)}", flush=True)
+        return run_in_foreground("ftq worker", Stack(workers, env=dict(os.environ)))
     if args.validate:
         command = worker_command(settings, args.name or "validate", validate=True)
     else:
@@ -148,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = add("worker", cmd_worker, "Run only a worker: a GPU worker, or with --validate a validation worker.")
     worker.add_argument("--name", help="worker name (shown in logs)")
     worker.add_argument("--validate", action="store_true", help="validate new jobs' data (CPU) instead of training")
-    worker.add_argument("--gpu", type=_gpu_index, help="train on this GPU only (sets CUDA_VISIBLE_DEVICES)")
+    pinned = worker.add_mutually_exclusive_group()
+    pinned.add_argument("--gpu", type=_gpu_index, help="train on this GPU only (sets CUDA_VISIBLE_DEVICES)")
+    pinned.add_argument(
+        "--gpus", help="one training worker per GPU of this box: all, or e.g. 0,1 (jobs may take several)"
+    )
     add("migrate", cmd_migrate, "Bring the database to the newest schema.")
     add_admin_commands(add)
     add_user_commands(sub)

@@ -3,6 +3,7 @@ outcome. Every write is fenced by the attempt number (the fencing token the clai
 attempt that is no longer current matches no row. They flush but never commit.
 """
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -13,11 +14,15 @@ from shared.errors import FtqError, JobFailure
 from shared.events import add_event, add_status_event
 from shared.jobs import failure_values
 from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
-from shared.scheduling import next_job_id
+from shared.placement import hold_workers, plan_for
+from shared.settings import get_settings
 
 
-def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
-    """Move a queued job to `running` and bump its attempt; returns the new attempt, or None if not claimable."""
+def claim_job(*, session: Session, job_id: str, worker: str, helpers: tuple[str, ...] = ()) -> int | None:
+    """Move a queued job to `running` and bump its attempt; returns the new attempt, or None if not claimable.
+
+    `worker` launches the attempt; `helpers` are the other workers whose GPUs it also holds.
+    """
     now = utcnow()
     result = session.execute(
         update(Job)
@@ -26,6 +31,7 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
             status=JobStatus.running,
             attempt=Job.attempt + 1,
             worker=worker,
+            helpers=list(helpers),
             started_at=now,
             heartbeat_at=now,
             drain_requested_at=None,  # a drain asked of an earlier attempt is not this one's
@@ -35,7 +41,8 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> int | None:
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
     attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
-    add_status_event(session, job_id, JobStatus.running, f"running (attempt {attempt} on {worker})", attempt=attempt)
+    where = worker + "".join(f", {helper}" for helper in helpers)
+    add_status_event(session, job_id, JobStatus.running, f"running (attempt {attempt} on {where})", attempt=attempt)
     return attempt
 
 
@@ -312,13 +319,42 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
     return requeued
 
 
-def claim_next_job(*, session: Session, worker: str, tries: int = 5) -> tuple[str, int] | None:
-    """Claim the job fair share says is next (a message is only a bell: any queued job may answer it)."""
+@dataclass(frozen=True)
+class Claim:
+    """An attempt this worker launches, with the other workers whose GPUs it holds and every GPU's device index
+    (this worker's first; None where a worker reported none)."""
+
+    job_id: str
+    attempt: int
+    helpers: tuple[str, ...] = ()
+    devices: tuple[str | None, ...] = (None,)
+    time_limit_s: int | None = None
+
+
+def _stale_after_s() -> float:
+    return 3 * get_settings().worker_heartbeat_s
+
+
+def claim_next_job(*, session: Session, worker: str, tries: int = 5) -> Claim | None:
+    """Claim the job this worker should launch now (a message is only a bell: any queued job may answer it): the
+    next in fair-share order that fits free GPUs of its box, with the reservation rules of shared/placement."""
     for _ in range(tries):
-        job_id = next_job_id(session=session)
-        if job_id is None:
+        starts, devices = plan_for(session=session, worker=worker, stale_after_s=_stale_after_s())
+        mine = next((start for start in starts if start.workers[0] == worker), None)
+        if mine is None:
             return None
-        attempt = claim_job(session=session, job_id=job_id, worker=worker)
+        if not hold_workers(session=session, workers=mine.workers):
+            continue  # another worker took one of these GPUs meanwhile: plan again
+        helpers = mine.workers[1:]
+        attempt = claim_job(session=session, job_id=mine.job_id, worker=worker, helpers=helpers)
         if attempt is not None:
-            return job_id, attempt
+            limit = session.scalar(select(Job.time_limit_s).where(Job.id == mine.job_id))
+            return Claim(mine.job_id, attempt, helpers, tuple(devices.get(name) for name in mine.workers), limit)
     return None  # other workers kept winning; their bells will come round again
+
+
+def others_can_start(*, session: Session, worker: str) -> bool:
+    """Whether a job this worker may not launch could start on other workers' free GPUs now (its bell, taken here,
+    should be rung again for them)."""
+    starts, _devices = plan_for(session=session, worker=worker, stale_after_s=_stale_after_s())
+    return any(start.workers[0] != worker for start in starts)

@@ -30,6 +30,8 @@ def create_job(*, session: Session, spec: JobSpec, owner: User) -> Job:
         status=JobStatus.validating,
         spec=spec.model_dump(mode="json"),
         metadata_=dict(spec.metadata),
+        gpus=spec.resources.gpus,
+        time_limit_s=spec.resources.time_limit_minutes * 60 if spec.resources.time_limit_minutes else None,
     )
     session.add(job)
     session.flush()

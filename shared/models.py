@@ -136,7 +136,11 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     error_param: Mapped[str | None] = mapped_column(String(128), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)  # the worker that launched the attempt
+    # A multi-GPU attempt also holds these workers' GPUs (on the launcher's box); they start nothing meanwhile.
+    helpers: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # spec.resources, for the scheduler
+    time_limit_s: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

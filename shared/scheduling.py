@@ -27,6 +27,8 @@ class QueuedJob:
     owner_id: str
     priority: int
     created_at: datetime
+    gpus: int = 1
+    time_limit_s: int | None = None
 
 
 Turn = tuple[int, datetime | int]  # (0, a real start) sorts before (1, the n-th start predicted here)
@@ -75,7 +77,7 @@ def fair_order(
 
 def _queued(session: Session) -> list[QueuedJob]:
     rows = session.execute(
-        select(Job.id, Job.owner_id, Job.priority, Job.created_at).where(
+        select(Job.id, Job.owner_id, Job.priority, Job.created_at, Job.gpus, Job.time_limit_s).where(
             Job.status == JobStatus.queued, Job.cancel_requested_at.is_(None)
         )
     ).all()
@@ -101,10 +103,19 @@ def _running_caps(session: Session, owners: set[str]) -> dict[str, int | None]:
     return {user_id: (limits or {}).get("max_running") for user_id, limits in rows}
 
 
-def _schedule(session: Session) -> tuple[list[str], list[str]]:
+def _schedule(session: Session) -> tuple[list[QueuedJob], list[str]]:
     queued = _queued(session)
     owners = {job.owner_id for job in queued}
-    return fair_order(queued, _running_counts(session), _running_caps(session, owners), _last_started(session, owners))
+    order, held = fair_order(
+        queued, _running_counts(session), _running_caps(session, owners), _last_started(session, owners)
+    )
+    by_id = {job.id: job for job in queued}
+    return [by_id[job_id] for job_id in order], held
+
+
+def queued_in_order(*, session: Session) -> list[QueuedJob]:
+    """The queued jobs free GPUs may start, in the order they should (owners at their cap left out)."""
+    return _schedule(session)[0]
 
 
 def jobs_waiting(*, session: Session) -> bool:
@@ -113,13 +124,7 @@ def jobs_waiting(*, session: Session) -> bool:
     return session.scalar(waiting) is not None
 
 
-def next_job_id(*, session: Session) -> str | None:
-    """The queued job a free GPU should start now, or None (nothing queued, or every owner at their cap)."""
-    order, _held = _schedule(session)
-    return order[0] if order else None
-
-
 def queue_positions(*, session: Session) -> dict[str, int]:
     """1-based place in line of every queued job, in scheduling order."""
     order, held = _schedule(session)
-    return {job_id: place for place, job_id in enumerate(order + held, start=1)}
+    return {job_id: place for place, job_id in enumerate([job.id for job in order] + held, start=1)}

@@ -262,6 +262,25 @@ class PerformanceSpec(Strict):
         return value
 
 
+class ResourcesSpec(Strict):
+    """What the job holds while it runs."""
+
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="GPUs of one box the job trains on, data-parallel (it waits until that many are free there)."
+        " The effective batch stays the spec's: batch_size is split across them, so it must divide by gpus.",
+    )
+    time_limit_minutes: int | None = Field(
+        None,
+        ge=1,
+        le=43_200,
+        description="Stop and fail the job (time_limit_exceeded) once an attempt has run this long; null for no"
+        " limit. A job with a limit may start on GPUs held for a larger job if it ends before they are needed.",
+    )
+
+
 JobKind = Literal["fine_tune", "evaluation"]
 TRAINING_ONLY = "applies to fine_tune jobs only; an evaluation job trains nothing"
 
@@ -298,6 +317,9 @@ class JobSpec(Strict):
         None,
         validate_default=True,
         description="Score the result on held-out rows after training (evaluation jobs: required).",
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPUs and time the job may hold; one GPU and no limit by default."
     )
     hub: HubSpec | None = Field(None, description="Push checkpoints to this Hub repo; null for no push.")
     wandb: WandbSpec | None = Field(None, description="Log to this W&B project; null for no W&B run.")

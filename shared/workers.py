@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, Worker, as_utc, utcnow
+from shared.placement import holders
 
 LIVE = (JobStatus.running, JobStatus.cancelling)
 
@@ -61,8 +62,7 @@ def worker_state(worker: Worker, now: datetime, stale_after_s: float) -> WorkerS
 
 
 def list_workers(*, session: Session) -> list[tuple[Worker, Job | None]]:
-    """Every worker ever seen, GPU workers first, with the live job it holds."""
+    """Every worker ever seen, GPU workers first, with the live job it holds (as launcher or as a helper)."""
     workers = list(session.scalars(select(Worker).order_by(Worker.kind, Worker.name)))
-    jobs = session.scalars(select(Job).where(Job.status.in_(LIVE), Job.worker.in_([w.name for w in workers])))
-    holding = {job.worker: job for job in jobs}
+    holding = holders(session.scalars(select(Job).where(Job.status.in_(LIVE))))
     return [(worker, holding.get(worker.name)) for worker in workers]

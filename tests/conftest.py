@@ -168,10 +168,14 @@ def spec(tiny_model: Path, train_file: Path) -> dict[str, Any]:
 
 @contextmanager
 def stack_client(
-    database: str, data_dir: Path, local_root: Path, extra_env: dict[str, str] | None = None
+    database: str,
+    data_dir: Path,
+    local_root: Path,
+    extra_env: dict[str, str] | None = None,
+    gpus: list[str] | None = None,
 ) -> Iterator[StackClient]:
-    """Run an API + GPU worker + validation worker on a fresh SQLite or PostgreSQL database (or on the database
-    URL given) and the local Redis (queues of its own); yield a client holding a fresh key."""
+    """Run an API + GPU worker (one per entry of `gpus`) + validation worker on a fresh SQLite or PostgreSQL database
+    (or on the database URL given) and the local Redis (queues of its own); yield a client holding a fresh key."""
     if database == "sqlite":
         url = f"sqlite:///{data_dir / 'ftq.db'}"
     elif "://" in database:
@@ -192,7 +196,7 @@ def stack_client(
         _key, raw = create_api_key(session=session, name="e2e")
         session.commit()
     try:
-        with running_stack(env, data_dir / "logs") as stack:
+        with running_stack(env, data_dir / "logs", gpus) as stack:
             with StackClient(stack, headers={"Authorization": f"Bearer {raw}"}) as client:
                 yield client
     finally:

@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from shared.attempts import claim_next_job
+from shared.attempts import Claim, claim_next_job
 from shared.db import session_scope
 from shared.jobs import create_job, get_job, pass_validation
 from shared.models import User, utcnow
@@ -62,4 +62,4 @@ def test_a_bell_claims_the_job_that_waited_longest(api_key: str, spec: dict[str,
         session.commit()
         assert get_job(session=session, job_id=older).attempt == 1
 
-    assert (first, second, third) == ((older, 1), (newer, 1), None)
+    assert (first, second, third) == (Claim(older, 1), Claim(newer, 1), None)

@@ -4,7 +4,7 @@ follows the same order."""
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.attempts import claim_next_job
+from shared.attempts import Claim, claim_next_job
 from shared.db import session_scope
 from shared.jobs import create_job, pass_validation
 from shared.models import User
@@ -87,10 +87,10 @@ def test_the_worker_claims_the_fair_share_choice_from_the_database(env: dict[str
         bob_first = _queued_job(session, bob, spec)
         session.commit()
 
-        claimed = [claim_next_job(session=session, worker="gpu0@test") for _ in range(3)]
+        claimed = [claim_next_job(session=session, worker=f"gpu{n}@test") for n in range(3)]
         session.commit()
 
-    assert [c[0] for c in claimed if c] == [alice_first, bob_first, alice_second]
+    assert [c.job_id for c in claimed if c] == [alice_first, bob_first, alice_second]
 
 
 def test_queue_position_shows_the_scheduling_order(env: dict[str, str], spec: dict[str, Any]) -> None:
@@ -101,7 +101,7 @@ def test_queue_position_shows_the_scheduling_order(env: dict[str, str], spec: di
         waiting_alice = _queued_job(session, alice, spec)
         waiting_bob = _queued_job(session, bob, spec)
         session.commit()
-        assert claim_next_job(session=session, worker="gpu0@test") == (running, 1)
+        assert claim_next_job(session=session, worker="gpu0@test") == Claim(running, 1)
         session.commit()
     with client_for("root", admin=True) as admin:
         places = {job["id"]: job["queue_position"] for job in admin.get("/jobs").json()["data"]}

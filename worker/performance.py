@@ -50,8 +50,9 @@ class PerformancePlan:
     cache_dequantized: bool
     compile: bool
     lean_optimizer: bool
-    micro_batch: int
+    micro_batch: int  # on each rank
     gradient_accumulation_steps: int
+    ranks: int  # GPUs (processes) training the job
     free_gb: float | None
     reasons: dict[str, str]
 
@@ -67,7 +68,8 @@ class PerformancePlan:
             f"cached dequantized weights {'on' if self.cache_dequantized else 'off'}",
             f"compile {'on' if self.compile else 'off'}",
             f"lean optimizer step {'on' if self.lean_optimizer else 'off'}",
-            f"micro-batch {self.micro_batch} x {self.gradient_accumulation_steps}",
+            f"micro-batch {self.micro_batch} x {self.gradient_accumulation_steps}"
+            + (f" on each of {self.ranks} GPUs" if self.ranks > 1 else ""),
         ]
         free = f" ({self.free_gb:.0f} GB free)" if self.free_gb is not None else ""
         return "performance: " + ", ".join(flags) + free
@@ -81,14 +83,24 @@ def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool) -> 
 
 
 def plan_performance(
-    spec: JobSpec, shape: ModelShape, *, device: str, free_bytes: int | None, liger_available: bool
+    spec: JobSpec,
+    shape: ModelShape,
+    *,
+    device: str,
+    free_bytes: int | None,
+    liger_available: bool,
+    ranks: int = 1,
 ) -> PerformancePlan:
-    """Choose each `auto` setting from the free memory of the device (after the model is loaded)."""
+    """Choose each `auto` setting from the free memory of the device (after the model is loaded).
+
+    With several `ranks` (one a GPU) each takes an equal share of every optimizer step's rows, so the effective
+    batch stays the spec's (the spec guarantees that `batch_size` divides by the ranks).
+    """
     perf, hp = spec.performance, spec.hyperparameters
     reasons: dict[str, str] = {}
     cuda = device.startswith("cuda")
-    effective = hp.batch_size * hp.gradient_accumulation_steps
-    micro, accumulation = hp.batch_size, hp.gradient_accumulation_steps
+    effective = hp.batch_size * hp.gradient_accumulation_steps // ranks  # this rank's rows per optimizer step
+    micro, accumulation = hp.batch_size // ranks, hp.gradient_accumulation_steps
     budget = None if free_bytes is None else free_bytes - MARGIN_BYTES
 
     def fits(batch: int, checkpointing: bool, extra: int = 0) -> bool:
@@ -140,7 +152,9 @@ def plan_performance(
     reasons["compile"] = "as asked" if perf.compile != "auto" else "off unless asked: faster, but not exact"
     lean = _plan_lean_optimizer(perf.lean_optimizer, hp.optimizer, cuda, reasons)
     free_gb = None if free_bytes is None else free_bytes / GB
-    return PerformancePlan(checkpointing, liger, cache, compile_model, lean, micro, accumulation, free_gb, reasons)
+    return PerformancePlan(
+        checkpointing, liger, cache, compile_model, lean, micro, accumulation, ranks, free_gb, reasons
+    )
 
 
 def _plan_lean_optimizer(asked: str | bool, optimizer: str, cuda: bool, reasons: dict[str, str]) -> bool:

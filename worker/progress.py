@@ -10,6 +10,9 @@ from typing import Any, Protocol
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from shared.attempts import CONTINUE, DRAIN
+from worker.distributed import RankSync
+
 COMPLETE_MARKER = ".complete"
 METRIC_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy")
 EVALUATION_FIGURES = ("mae", "rmsle", "hit_rate", "near_rate", "unparsable", "accuracy")
@@ -53,22 +56,31 @@ class TokenCounter:
         counts = torch.stack([(labels != -100).sum(), mask.sum()])
         self._pending = counts if self._pending is None else self._pending + counts
 
-    def read(self) -> int:
-        """Bring the pending counts to the host; returns the completion tokens added since the last read."""
+    def read(self, sync: RankSync | None = None) -> int:
+        """Bring the pending counts to the host, summed over the job's ranks with `sync` (every rank must read at
+        the same step); returns the completion tokens added since the last read."""
         if self._pending is None:
             return 0
-        completion, inputs = (int(n) for n in self._pending.tolist())
+        pending = sync.total(self._pending) if sync is not None else self._pending
+        completion, inputs = (int(n) for n in pending.tolist())
         self._pending = None
         self.input_tokens += inputs
         return completion
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns trainer state into the job's `progress` and `progress` events; stops when the report is refused."""
+    """Turns trainer state into the job's `progress` and `progress` events; stops when the report is refused.
 
-    def __init__(self, reporter: Reporter, interval_s: float, tokens: TokenCounter) -> None:
+    On several ranks, rank 0's clock decides when a report is due and its report's answer is every rank's (`sync`);
+    the token counts are summed over the ranks.
+    """
+
+    def __init__(
+        self, reporter: Reporter, interval_s: float, tokens: TokenCounter, sync: RankSync | None = None
+    ) -> None:
         self.reporter = reporter
         self.tokens = tokens
+        self.sync = sync or RankSync()
         self.interval_s = interval_s
         self.progress: dict[str, Any] = {"step": 0, "trained_tokens": 0}
         self.metrics: dict[str, float | None] = {}
@@ -85,7 +97,7 @@ class ProgressCallback(TrainerCallback):
         self._started = time.monotonic()
         self._start_step = state.global_step
         self.progress.update(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch or 0.0)
-        self._send(control, force=True)
+        self._send(control)
 
     def on_log(
         self,
@@ -110,10 +122,9 @@ class ProgressCallback(TrainerCallback):
             control.should_training_stop, control.should_save = True, self.drained
             return
         step, total = state.global_step, state.max_steps
-        force = step >= total
-        due = force or time.monotonic() - self._last_report >= self.interval_s
+        due = bool(self.sync.share(step >= total or time.monotonic() - self._last_report >= self.interval_s))
         if due or control.should_save:  # a checkpoint saves the state: its token count must be current
-            state.num_input_tokens_seen += self.tokens.read()  # completion tokens: see CompletionTokenTrainer
+            state.num_input_tokens_seen += self.tokens.read(self.sync)  # completion tokens: see CompletionTokenTrainer
         if not due:
             return  # between reports nothing is read from the GPU, so the host runs ahead
         elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -126,20 +137,17 @@ class ProgressCallback(TrainerCallback):
             tokens_per_second=round(self.tokens.input_tokens / elapsed, 2),
             eta_seconds=round(elapsed / done_here * (total - step), 1) if done_here else None,
         )
-        self._send(control, force=force)
+        self._send(control)
 
-    def _send(self, control: TrainerControl, *, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_report < self.interval_s:
-            return
-        self._last_report = now
-        directive = self.reporter.progress(dict(self.progress))
-        if directive == "continue":
+    def _send(self, control: TrainerControl) -> None:
+        self._last_report = time.monotonic()
+        directive = self.sync.share_directive(self.reporter.progress(dict(self.progress)))
+        if directive == CONTINUE:
             return
         # Drain: save a checkpoint at this step to resume from, then stop. Cancelled or no longer this
         # attempt's job: stop and write nothing more (another attempt may own the job directory now).
         self.stopped = True
-        self.drained = directive == "drain"
+        self.drained = directive == DRAIN
         control.should_save = self.drained
         control.should_training_stop = True
 
@@ -165,9 +173,10 @@ class CheckpointCallback(TrainerCallback):
             control.should_save = True
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        """Runs after the checkpoint directory is fully written: only now is it marked complete."""
+        """Runs after the checkpoint directory is fully written: only now is it marked complete (by rank 0, which
+        writes the adapter and optimizer state; the others write nothing the job lists)."""
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not path.is_dir():
+        if not state.is_world_process_zero or not path.is_dir():
             return
         (path / COMPLETE_MARKER).touch()
         metrics = dict(self.progress.metrics)

@@ -40,13 +40,14 @@ def gpu_name(index: str | None) -> str | None:
 
 
 def host_gpu() -> str | None:
-    """The GPU this worker is pinned to, as the host numbers it.
+    """The GPU this worker is pinned to, as the host numbers it where that is unambiguous.
 
-    In a container the NVIDIA runtime shows the reserved GPU as index 0, and names the host's in
-    NVIDIA_VISIBLE_DEVICES; on a bare box CUDA_VISIBLE_DEVICES is the host's index.
+    In a container holding one GPU the NVIDIA runtime shows it as index 0, and names the host's in
+    NVIDIA_VISIBLE_DEVICES; on a bare box, or in a container holding several GPUs (`ftq worker --gpus`), the
+    worker's CUDA_VISIBLE_DEVICES is the index a job launched over several of them uses.
     """
     nvidia = os.environ.get("NVIDIA_VISIBLE_DEVICES", "")
-    if nvidia and nvidia not in ("all", "none", "void"):
+    if nvidia and nvidia not in ("all", "none", "void") and "," not in nvidia:
         return nvidia
     return os.environ.get("CUDA_VISIBLE_DEVICES") or None
 

@@ -19,6 +19,7 @@ import setproctitle
 from sqlalchemy.exc import OperationalError
 
 from shared.attempts import (
+    CONTINUE,
     fail_job,
     finish_cancel,
     record_checkpoint,
@@ -38,8 +39,9 @@ from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from worker.credentials import credentials_for
+from worker.distributed import is_main_rank
 from worker.errors import classify, is_out_of_memory
-from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_RANK_FAILED, EXIT_TEMPFAIL
 
 log = logging.getLogger("ftq.runner")
 T = TypeVar("T")
@@ -107,8 +109,43 @@ class JobReporter:
         write(record_checkpoint, **self.fence, step=step, path=str(path), metrics=metrics)
 
 
+class OtherRankReporter:
+    """What a rank other than 0 reports: nothing. Rank 0 speaks for the job (see worker.distributed), and its
+    answers to progress reports reach this rank through the ranks' shared decisions."""
+
+    def stats(self, stats: Any) -> bool:
+        """Rank 0 stores the dataset statistics."""
+        return True
+
+    def progress(self, progress: dict[str, Any]) -> str:
+        """Rank 0's answer is shared with this rank at the same step; this one only defers to it."""
+        return CONTINUE
+
+    def metrics(self, step: int, metrics: dict[str, float | None]) -> None:
+        """Rank 0 appends the metrics."""
+
+    def log(self, message: str, data: dict[str, Any]) -> None:
+        """Rank 0 appends the events."""
+
+    def wandb(self, run_id: str, url: str | None, directory: str, mode: str) -> None:
+        """Rank 0 holds the W&B run."""
+
+    def hub_commit(self, step: int | None, url: str) -> None:
+        """Rank 0 pushes to the Hub."""
+
+    def hub_failed(self, step: int | None, message: str) -> None:
+        """Rank 0 pushes to the Hub."""
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float | None]) -> None:
+        """Rank 0 records the checkpoints."""
+
+
 def run(job_id: str, attempt: int) -> int:
-    """Train one attempt of a job and record how it ended; the exit code is 0 when the outcome is recorded."""
+    """Train one attempt of a job and record how it ended; the exit code is 0 when the outcome is recorded.
+
+    Under `worker.launch` (several GPUs) every rank runs this; only rank 0 writes to the job, and a failing other
+    rank exits non-zero for the launcher to stop the rest.
+    """
     # Heavy imports only after the job is known to exist.
     from worker.evaluation_job import run_evaluation
     from worker.training import train
@@ -117,7 +154,8 @@ def run(job_id: str, attempt: int) -> int:
     with session_scope() as session:
         job = get_job(session=session, job_id=job_id)
         spec, owner_id = JobSpec.model_validate(job.spec), job.owner_id
-    reporter = JobReporter(job_id, attempt)
+    main = is_main_rank()
+    reporter = JobReporter(job_id, attempt) if main else OtherRankReporter()
     job_dir = settings.jobs_dir / job_id
     work = run_evaluation if spec.kind == "evaluation" else partial(train, job_id=job_id)
     try:
@@ -140,9 +178,13 @@ def run(job_id: str, attempt: int) -> int:
             return EXIT_OUT_OF_MEMORY
         error = classify(exc)
         log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
+        if not main:
+            return EXIT_RANK_FAILED  # rank 0 meets the same error, or the launcher stops it and the task records it
         with session_scope() as session:
             fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
             session.commit()
+        return 0
+    if not main:
         return 0
     if outcome.drained:
         requeued = write(requeue_drained, job_id=job_id, attempt=attempt)

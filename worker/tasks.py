@@ -16,12 +16,14 @@ from typing import Any
 from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.attempts import (
+    Claim,
     attempts_spent,
     claim_next_job,
     fail_job,
     finish_cancel,
     heartbeat,
     is_cancelling,
+    others_can_start,
     request_drain,
     requeue_job,
 )
@@ -65,16 +67,28 @@ def _beat(job_id: str, attempt: int) -> tuple[bool, bool, bool, bool]:
 
 
 def supervise(
-    process: subprocess.Popen[bytes], job_id: str, attempt: int, grace_s: float, *, spare: bool = False
+    process: subprocess.Popen[bytes],
+    job_id: str,
+    attempt: int,
+    grace_s: float,
+    *,
+    spare: bool = False,
+    time_limit_s: float | None = None,
 ) -> int:
-    """Wait for the trainer while holding the job's lease; kill it if the job is taken from this attempt, or if
-    a cancel is not honoured within `grace_s`. With `spare`, start a spare trainer once another job is waiting."""
+    """Wait for the trainer while holding the job's lease; kill it if the job is taken from this attempt, if a cancel
+    is not honoured within `grace_s`, or (failing the job) once it has run `time_limit_s`. With `spare`, start a
+    spare trainer once another job is waiting."""
     cancel_seen: float | None = None
+    deadline = time.monotonic() + time_limit_s if time_limit_s is not None else None
     while True:
         try:
             return process.wait(timeout=SUPERVISE_POLL_S)
         except subprocess.TimeoutExpired:
             pass
+        if deadline is not None and time.monotonic() >= deadline and _fail_overtime(job_id, attempt, time_limit_s):
+            log.warning("job %s ran past its time limit of %.0fs; killing it", job_id, time_limit_s)
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
         try:
             ours, cancelling, ended_here, waiting = _beat(job_id, attempt)
         except Exception:  # a database blip must not orphan the trainer; the lease covers longer outages
@@ -97,6 +111,25 @@ def supervise(
             return process.wait()
 
 
+def _fail_overtime(job_id: str, attempt: int, limit_s: float | None) -> bool:
+    """Fail a live attempt that ran past its time limit; False when it is no longer this attempt's to fail (or the
+    database is away: the next poll tries again)."""
+    minutes = (limit_s or 0) / 60
+    error = JobFailure(
+        f"the job ran past its time limit of {minutes:g} minutes (attempt {attempt}); its checkpoints are kept",
+        code="time_limit_exceeded",
+        param="resources.time_limit_minutes",
+    )
+    try:
+        with session_scope() as session:
+            failed = fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
+            session.commit()
+    except Exception:
+        log.exception("could not fail job %s at its time limit; will retry", job_id)
+        return False
+    return failed
+
+
 def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
     try:
         return process.wait(timeout=grace_s)
@@ -106,19 +139,41 @@ def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
         return process.wait()
 
 
-def run_training_process(job_id: str, attempt: int) -> int:
-    """Run `worker.runner` for one attempt, logging to the job's directory; returns its exit code.
+def run_training_process(claim: Claim) -> int:
+    """Run the attempt's trainer, logging to the job's directory; returns its exit code.
 
-    The attempt goes to the spare trainer when one is alive (its imports are done), else to a process started now.
-    While it trains, a new spare starts importing as soon as another job is waiting; a box that never has a job
-    waiting never starts one.
+    One GPU: `worker.runner`, handed to the spare trainer when one is alive (its imports are done), else started
+    now; while it trains, a new spare starts importing as soon as another job is waiting. Several GPUs:
+    `worker.launch`, one rank per GPU, on the GPUs the claim holds.
     """
     settings = get_settings()
-    job_dir = settings.jobs_dir / job_id
+    job_dir = settings.jobs_dir / claim.job_id
     job_dir.mkdir(parents=True, exist_ok=True)
-    log_path = job_dir / f"attempt-{attempt}.log"
-    process = _hand_to_spare(job_id, attempt, log_path) or _start_trainer([job_id, str(attempt)], log_path)
-    return supervise(process, job_id, attempt, settings.cancel_grace_s, spare=settings.spare_trainer)
+    log_path = job_dir / f"attempt-{claim.attempt}.log"
+    args = [claim.job_id, str(claim.attempt)]
+    if claim.helpers:
+        process = _start_trainer("worker.launch", [str(len(claim.devices)), *args], log_path, gpu_environment(claim))
+    else:
+        process = _hand_to_spare(claim.job_id, claim.attempt, log_path) or _start_trainer(
+            "worker.runner", args, log_path
+        )
+    return supervise(
+        process,
+        claim.job_id,
+        claim.attempt,
+        settings.cancel_grace_s,
+        spare=settings.spare_trainer and not claim.helpers,
+        time_limit_s=claim.time_limit_s,
+    )
+
+
+def gpu_environment(claim: Claim) -> dict[str, str]:
+    """The launcher's environment: every GPU of the claim visible, this worker's first (rank 0 runs there). A box
+    whose workers report no GPU (a CPU box) trains its ranks on the CPU."""
+    env = dict(os.environ)
+    if all(device is not None for device in claim.devices):
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(device) for device in claim.devices)
+    return env
 
 
 _spare: list[subprocess.Popen[bytes]] = []  # the spare trainer of this worker process, if one was started
@@ -130,18 +185,22 @@ def _keep_a_spare() -> None:
     if _spare:
         return
     try:
-        _spare.append(_start_trainer([SPARE_FLAG], get_settings().jobs_dir / "spare-trainer.log"))
+        _spare.append(_start_trainer("worker.runner", [SPARE_FLAG], get_settings().jobs_dir / "spare-trainer.log"))
     except OSError:
         log.exception("could not start a spare trainer; the next job starts cold")
 
 
-def _start_trainer(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """A training process: for one attempt, or a spare (`--spare`) waiting on stdin, which logs to the spares' log
-    (a failed import is told there) until it takes a job and writes to that attempt's log."""
+def _start_trainer(
+    module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A training process: for one attempt (`worker.runner`, or `worker.launch` for several GPUs), or a spare
+    (`--spare`) waiting on stdin, which logs to the spares' log (a failed import is told there) until it takes a job
+    and writes to that attempt's log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.runner", *args],
+            [sys.executable, "-m", module, *args],
+            env=env,
             stdin=subprocess.PIPE if args == [SPARE_FLAG] else subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -214,6 +273,7 @@ def drain_running_jobs(sender: str, **_kwargs: Any) -> None:
     Runs in the worker's main process; the warm shutdown then waits for the tasks, which end once their
     trainers have saved and stopped.
     """
+    _shutting_down.set()
     with session_scope() as session:
         drained = request_drain(session=session, worker=sender)
         session.commit()
@@ -221,19 +281,38 @@ def drain_running_jobs(sender: str, **_kwargs: Any) -> None:
         log.warning("worker %s shutting down: job %s will checkpoint and be queued again", sender, job_id)
 
 
+_shutting_down = threading.Event()  # set once a warm shutdown starts: claim nothing more
+
+
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Any, job_id: str) -> None:
-    """Claim the longest-waiting queued job (the message is a bell) and train it in a supervised child process."""
+    """Claim the job this worker should launch now (the message is a bell) and train it in a supervised child
+    process; then the next one, while one fits, so that GPUs freed here start what waited for them."""
     worker = str(self.request.hostname or socket.gethostname())
-    with session_scope() as session:
-        claimed = claim_next_job(session=session, worker=worker)
-        session.commit()
-    if claimed is None:
-        log.info("no queued job to claim (bell for %s); message dropped", job_id)
+    claim = _claim(worker)
+    if claim is None:
+        with session_scope() as session:
+            ring_again = others_can_start(session=session, worker=worker)
+        log.info("nothing for %s to launch (bell for %s)%s", worker, job_id, "; rung again" if ring_again else "")
+        if ring_again:  # a job fits other workers' free GPUs: pass the bell on to them
+            enqueue_job(job_id)
         return
-    job_id, attempt = claimed
-    log.info("job %s attempt %s starts on %s", job_id, attempt, worker)
-    code = run_training_process(job_id, attempt)
+    while claim is not None:
+        _run_attempt(claim, worker)
+        claim = None if _shutting_down.is_set() else _claim(worker)
+
+
+def _claim(worker: str) -> Claim | None:
+    with session_scope() as session:
+        claim = claim_next_job(session=session, worker=worker)
+        session.commit()
+    return claim
+
+
+def _run_attempt(claim: Claim, worker: str) -> None:
+    job_id, attempt = claim.job_id, claim.attempt
+    log.info("job %s attempt %s starts on %s", job_id, attempt, ", ".join((worker, *claim.helpers)))
+    code = run_training_process(claim)
     if code != 0 and _record_exit(job_id, attempt, code):
         enqueue_job(job_id)
     log.info("job %s attempt %s ended (exit code %s)", job_id, attempt, code)

@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from shared.spec import JobSpec
 from worker.credentials import Credentials
 from worker.data import DatasetStats, load_pairs, tokenize_pairs
+from worker.distributed import is_main_rank, local_rank, world_size
 from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
@@ -95,8 +96,9 @@ class CompletionTokenTrainer(SFTTrainer):
 
 
 def pick_device() -> str:
-    """The first visible GPU, or the CPU (bitsandbytes 0.50 runs 4-bit on the CPU too)."""
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    """This rank's GPU among the job's visible ones (the first with one rank), or the CPU (bitsandbytes 0.50 runs
+    4-bit on the CPU too)."""
+    return f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu"
 
 
 def build_trainer(
@@ -121,7 +123,12 @@ def build_trainer(
     device = pick_device()
     model = load_quantized_model(spec, roots, device, hf_token)
     plan = plan_performance(
-        spec, model_shape(model), device=device, free_bytes=free_memory(device), liger_available=liger_available()
+        spec,
+        model_shape(model),
+        device=device,
+        free_bytes=free_memory(device),
+        liger_available=liger_available(),
+        ranks=world_size(),
     )
     if plan.cache_dequantized:
         cache_dequantized_weights(model, DTYPES[spec.quantization.compute_dtype])
@@ -134,11 +141,11 @@ def build_trainer(
         plan,
         use_cpu=device == "cpu",
         run_name=run_name,
-        report_to="wandb" if spec.wandb else "none",
+        report_to="wandb" if spec.wandb and is_main_rank() else "none",
     )
     tokens = TokenCounter()
     progress = ProgressCallback(reporter, interval_s, tokens)
-    scorer = checkpoint_scorer(spec, job_dir, roots, reporter, tokenizer, hf_token)
+    scorer = checkpoint_scorer(spec, job_dir, roots, reporter, tokenizer, hf_token) if is_main_rank() else None
     trainer = CompletionTokenTrainer(
         tokens=tokens,
         lean_optimizer=plan.lean_optimizer,
@@ -186,8 +193,12 @@ def train(
     interval_s: float,
     credentials: Credentials = NO_CREDENTIALS,
 ) -> Outcome:
-    """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one."""
-    publisher = HubPublisher(spec.hub, reporter, credentials.hf_token) if spec.hub else None
+    """Run one attempt, resuming from the last complete checkpoint if an earlier attempt left one.
+
+    On several ranks each runs this; rank 0 alone pushes, logs to W&B, saves the adapter and scores it.
+    """
+    main = is_main_rank()
+    publisher = HubPublisher(spec.hub, reporter, credentials.hf_token) if spec.hub and main else None
     if publisher is not None:
         publisher.create_repo()  # before any GPU time: a bad token or repo fails the job now
     trainer, stats = build_trainer(
@@ -203,10 +214,11 @@ def train(
     resume_from = last_complete_checkpoint(job_dir / "checkpoints")
     if resume_from is not None:
         reporter.log(f"resuming from {resume_from.name}", {"checkpoint": resume_from.name})
-    with wandb_run(spec, job_id, job_dir, reporter, credentials.wandb_api_key):
+    tracked = spec if main else spec.model_copy(update={"wandb": None})
+    with wandb_run(tracked, job_id, job_dir, reporter, credentials.wandb_api_key):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback))
-    if progress.stopped:
+    if progress.stopped or not main:
         if publisher is not None:
             publisher.wait()
         return Outcome(stopped=True, drained=progress.drained, progress=progress.progress)

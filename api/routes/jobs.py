@@ -25,6 +25,7 @@ from shared.jobs import (
 from shared.limits import check_queue_limit, check_rows_limit, check_spec_limits, user_limits
 from shared.models import Job, JobStatus, User
 from shared.paths import check_local_refs
+from shared.placement import check_resources
 from shared.queue import enqueue_validation, run_dry_run
 from shared.scheduling import queue_positions
 from shared.spec import JobSpec, is_job_id
@@ -75,6 +76,7 @@ def create_fine_tune_job(
 ) -> JobRead | DryRun:
     """Store a fine-tune job and have its data validated before it is queued (or, with `dry_run`, only validate)."""
     check_local_refs(spec, settings.allowed_roots)
+    check_resources(session=session, spec=spec)
     uploads = [
         check_dataset_file(session=session, ref=dataset.id, owner_id=owner_scope(user), param=f"{field}.id")
         for field, dataset in spec.datasets()

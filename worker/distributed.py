@@ -1,0 +1,74 @@
+"""One job on several GPUs: `worker.launch` starts one `worker.runner` per GPU (a rank) with torchrun's environment
+(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and the Trainer trains them data-parallel.
+
+Rank 0 speaks for the job: it reports progress, records checkpoints, logs to W&B and pushes to the Hub. Every
+decision that changes what the ranks do next (report now, drain, stop) is taken by rank 0 and shared with all of
+them at the same step, or one rank would wait forever in a collective the others never join.
+"""
+
+import os
+from typing import Any
+
+import torch
+
+from shared.attempts import CONTINUE, DRAIN, STOP
+
+DIRECTIVES = (CONTINUE, DRAIN, STOP)
+
+
+def world_size() -> int:
+    """How many ranks train this job (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's GPU among those visible to the job."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_rank() -> bool:
+    """Whether this process speaks for the job (always, with one rank)."""
+    return rank() == 0
+
+
+class RankSync:
+    """Shares rank 0's decisions with every rank and sums counts over ranks; with one rank, each is the identity."""
+
+    def __init__(self) -> None:
+        self._control: Any = None
+
+    @property
+    def active(self) -> bool:
+        """Whether there are other ranks to agree with."""
+        return world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def _control_group(self) -> Any:
+        # A gloo group on the host: agreeing each step is a loopback message, never a wait for the GPU (a broadcast
+        # on the NCCL group would need a device tensor read back on the host). Created on first use, which every
+        # rank reaches at the same point (the start of training).
+        if self._control is None:
+            self._control = torch.distributed.new_group(backend="gloo")
+        return self._control
+
+    def share(self, value: int) -> int:
+        """Rank 0's `value`, on every rank."""
+        if not self.active:
+            return value
+        box = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.broadcast(box, src=0, group=self._control_group())
+        return int(box.item())
+
+    def share_directive(self, directive: str) -> str:
+        """Rank 0's directive (continue, drain or stop), on every rank."""
+        return DIRECTIVES[self.share(DIRECTIVES.index(directive))]
+
+    def total(self, counts: torch.Tensor) -> torch.Tensor:
+        """`counts` summed over the ranks, where they are (on the GPUs through NCCL, on the CPU through gloo)."""
+        if self.active:
+            torch.distributed.all_reduce(counts)
+        return counts

@@ -1,0 +1,89 @@
+"""Launch one job over several GPUs: `python -m worker.launch RANKS JOB_ID ATTEMPT` starts `worker.runner JOB_ID
+ATTEMPT` once per rank, with the environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT), on the GPUs `CUDA_VISIBLE_DEVICES` names (rank N on the N-th).
+
+Not torchrun itself: its agent reports any failed worker as exit code 1, and the supervising task needs the rank's
+own code (out of memory: retry once; database gone: queue again). Here the launcher exits with the first failing
+rank's code, or 0 once every rank has; when a rank fails, the others get `RANK_FAILED_GRACE_S` to end on their own
+(rank 0 records the job's error) and are then killed, since they would wait for the failed one in every collective.
+It imports no torch: it only starts and watches processes.
+"""
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("ftq.launch")
+RANK_FAILED_GRACE_S = 20.0
+POLL_S = 0.2
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now (the ranks' rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rank_environment(rank: int, ranks: int, port: int) -> dict[str, str]:
+    """What torchrun sets for one local rank of a single-box job."""
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(ranks),
+        "LOCAL_WORLD_SIZE": str(ranks),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
+def start_ranks(ranks: int, job_id: str, attempt: int) -> list[subprocess.Popen[bytes]]:
+    """One runner per rank, in this launcher's process group (the supervisor's kill reaches them all)."""
+    port = free_port()
+    command = [sys.executable, "-m", "worker.runner", job_id, str(attempt)]
+    return [subprocess.Popen(command, env=rank_environment(r, ranks, port)) for r in range(ranks)]
+
+
+def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RANK_FAILED_GRACE_S) -> int:
+    """Wait for every rank; the exit code is the first failing rank's (0 when all succeed)."""
+    failed: int | None = None
+    deadline = float("inf")
+    while True:
+        codes = [p.poll() for p in processes]
+        if failed is None:
+            failed = next((code for code in codes if code not in (None, 0)), None)
+            if failed is not None:
+                deadline = time.monotonic() + grace_s
+        if all(code is not None for code in codes):
+            return failed or 0
+        if time.monotonic() >= deadline:
+            log.warning("a rank failed (exit code %s); killing the ranks still running", failed)
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+            deadline = float("inf")
+        time.sleep(POLL_S)
+
+
+def main() -> None:
+    """Entry point: `python -m worker.launch RANKS JOB_ID ATTEMPT`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ranks, job_id, attempt = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    processes = start_ranks(ranks, job_id, attempt)
+    signal.signal(signal.SIGTERM, lambda *_: stop_ranks(processes))  # a SIGTERM to the launcher alone, too
+    sys.exit(wait_for_ranks(processes))
+
+
+def stop_ranks(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Pass a termination on to every rank."""
+    for process in processes:
+        process.terminate()
+
+
+if __name__ == "__main__":
+    main()
