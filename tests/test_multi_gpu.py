@@ -16,7 +16,7 @@ from shared.jobs import create_job, get_job, pass_validation
 from shared.models import JobStatus, User
 from shared.spec import JobSpec
 from shared.workers import list_workers, register_worker
-from worker.exit_codes import EXIT_OUT_OF_MEMORY
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST
 from worker.launch import wait_for_ranks
 from worker.tasks import supervise
 
@@ -154,6 +154,22 @@ def test_the_launcher_exits_with_the_failing_ranks_code_and_stops_the_others() -
     assert code == EXIT_OUT_OF_MEMORY  # the task retries an out-of-memory attempt once
     assert ranks[0].poll() is not None
     assert time.monotonic() - started < 30
+
+
+def test_a_killed_rank_is_the_launchers_reason_and_the_others_are_killed_at_once() -> None:
+    killed, lost_peer, waiting = subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER)
+    killed.kill()
+    killed.wait()
+    lost_peer.kill()  # stands for a rank that saw its collective fail: it exits with EXIT_PEER_LOST
+    lost_peer.wait()
+    lost_peer.returncode = EXIT_PEER_LOST
+    started = time.monotonic()
+
+    code = wait_for_ranks([lost_peer, killed, waiting], grace_s=60)
+
+    assert code == 128 + 9  # as a shell reports SIGKILL: the task queues the job again
+    assert waiting.poll() is not None
+    assert time.monotonic() - started < 30  # not the 60 s grace an erroring rank would leave
 
 
 def test_the_launcher_exits_zero_when_every_rank_does() -> None:

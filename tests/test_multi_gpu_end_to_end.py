@@ -1,10 +1,13 @@
 """One job on two GPUs of a box, end to end on a real stack: two training workers (`gpu0`, `gpu1`) on this CPU box,
 where the job's two ranks train data-parallel over gloo as they would over NCCL on GPUs.
 
-The scenario runs once (the `scenario` fixture): a two-GPU job and the same job on one GPU submitted right after it,
-then a two-GPU job cancelled while it trains. Each test checks one promise.
+The scenario runs once (the `scenario` fixture): a two-GPU job (logging to an offline W&B run) and the same job on
+one GPU submitted right after it; then a two-GPU job whose rank 1 is killed, which resumes on a second attempt and
+is cancelled there. Each test checks one promise.
 """
 
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 
 from tests.conftest import stack_client
 from tests.services import StackClient, trainer_pids, wait_for_end, wait_until
+from tests.wandb_files import read_run
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 
@@ -29,6 +33,7 @@ class Scenario:
     holders_while_training: dict[str, str | None]
     ranks_while_training: int
     ranks_after_cancel: list[int] = field(default_factory=list)
+    checkpoint_before_kill: int = 0
 
 
 def job_spec(spec: dict[str, Any], gpus: int, steps: int) -> dict[str, Any]:
@@ -59,21 +64,44 @@ def scenario(
     data_dir = tmp_path_factory.mktemp("multi-gpu")
     with stack_client("sqlite", data_dir, local_root, gpus=["0", "1"]) as api:
         wait_until(lambda: len(holders(api)) == 2, what="both training workers registered")
-        two = submit(api, job_spec(spec, gpus=2, steps=4))
+        two = submit(api, {**job_spec(spec, gpus=2, steps=4), "wandb": {"project": "pricer"}})
         one = submit(api, job_spec(spec, gpus=1, steps=4))
         wait_until(lambda: len(trainer_pids(two)) == 2, what="both ranks of the two-GPU job started")
         seen_holders, seen_ranks = holders(api), len(trainer_pids(two))
         two_gpus, one_gpu = wait_for_end(api, two), wait_for_end(api, one)
 
         long = submit(api, job_spec(spec, gpus=2, steps=10_000))
-        wait_until(lambda: api.get(f"/jobs/{long}").json()["progress"].get("step", 0) >= 1, what="training")
+        wait_until(lambda: bool(checkpoints(api, long)), what="a checkpoint of the long job")
+        saved = checkpoints(api, long)[-1]
+        os.kill(rank_pid(long, rank=1), signal.SIGKILL)
+        wait_until(lambda: step_of(api, long, attempt=2) > saved, what="the second attempt training")
         assert api.post(f"/jobs/{long}/cancel").status_code == 200
         cancelled = wait_for_end(api, long)
         try:  # the ranks exit once rank 0 has recorded the cancel
             wait_until(lambda: not trainer_pids(long), timeout_s=30, what="every rank gone")
         except TimeoutError:
             pass
-        yield Scenario(api, two_gpus, one_gpu, cancelled, seen_holders, seen_ranks, trainer_pids(long))
+        left = trainer_pids(long)
+        yield Scenario(api, two_gpus, one_gpu, cancelled, seen_holders, seen_ranks, left, saved)
+
+
+def checkpoints(api: StackClient, job_id: str) -> list[int]:
+    """The steps of a job's recorded checkpoints."""
+    return [c["step"] for c in api.get(f"/jobs/{job_id}/checkpoints").json()["data"]]
+
+
+def step_of(api: StackClient, job_id: str, attempt: int) -> int:
+    """The job's step as reported by `attempt` (0 while another attempt, or none, runs)."""
+    job = api.get(f"/jobs/{job_id}").json()
+    return int(job["progress"].get("step", 0)) if job["attempt"] == attempt and job["status"] == "running" else 0
+
+
+def rank_pid(job_id: str, rank: int) -> int:
+    """The process of one rank of a job."""
+    for pid in trainer_pids(job_id):
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return pid
+    raise AssertionError(f"no rank {rank} of {job_id} is running")
 
 
 def events(api: StackClient, job_id: str) -> list[dict[str, Any]]:
@@ -119,6 +147,25 @@ def test_a_one_gpu_job_waits_while_both_gpus_are_held(scenario: Scenario) -> Non
     assert scenario.one_gpu["started_at"] >= scenario.two_gpus["finished_at"]
 
 
+def test_a_killed_rank_stops_the_others_and_the_job_resumes_from_its_checkpoint(scenario: Scenario) -> None:
+    job = scenario.cancelled
+    messages = [e["message"] for e in events(scenario.api, job["id"])]
+
+    assert job["attempt"] == 2
+    assert any("attempt 1 lost (training process exited with code 137)" in m for m in messages)
+    assert f"resuming from checkpoint-{scenario.checkpoint_before_kill}" in messages
+
+
 def test_a_cancel_stops_every_rank(scenario: Scenario) -> None:
     assert scenario.cancelled["status"] == "cancelled"
     assert scenario.ranks_after_cancel == []
+
+
+def test_rank_zero_alone_logs_to_wandb(scenario: Scenario) -> None:
+    job = scenario.two_gpus
+    run = read_run(Path(job["wandb_dir"]))
+
+    logged = {row["train/global_step"]: row["train/loss"] for row in run["history"] if "train/loss" in row}
+    assert sorted(logged) == [1, 2, 3, 4]
+    assert list(logged.values()) == pytest.approx(losses(scenario.api, job["id"]))
+    assert len(list(Path(job["wandb_dir"]).parent.glob("offline-run-*"))) == 1  # no run from rank 1

@@ -6,34 +6,14 @@ decision that changes what the ranks do next (report now, drain, stop) is taken 
 them at the same step, or one rank would wait forever in a collective the others never join.
 """
 
-import os
 from typing import Any
 
 import torch
 
 from shared.attempts import CONTINUE, DRAIN, STOP
+from worker.ranks import world_size
 
 DIRECTIVES = (CONTINUE, DRAIN, STOP)
-
-
-def world_size() -> int:
-    """How many ranks train this job (1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    """This process's rank (0 without a launcher)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def local_rank() -> int:
-    """This process's GPU among those visible to the job."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main_rank() -> bool:
-    """Whether this process speaks for the job (always, with one rank)."""
-    return rank() == 0
 
 
 class RankSync:

@@ -4,8 +4,9 @@ MASTER_PORT), on the GPUs `CUDA_VISIBLE_DEVICES` names (rank N on the N-th).
 
 Not torchrun itself: its agent reports any failed worker as exit code 1, and the supervising task needs the rank's
 own code (out of memory: retry once; database gone: queue again). Here the launcher exits with the first failing
-rank's code, or 0 once every rank has; when a rank fails, the others get `RANK_FAILED_GRACE_S` to end on their own
-(rank 0 records the job's error) and are then killed, since they would wait for the failed one in every collective.
+rank's code, or 0 once every rank has. When a rank exits with an error the others get `RANK_FAILED_GRACE_S` to end
+on their own (rank 0 records the job's error); then, or at once when a rank was killed, they are killed too, since
+they would wait for the missing one in every collective.
 It imports no torch: it only starts and watches processes.
 """
 
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from worker.exit_codes import EXIT_PEER_LOST
 
 log = logging.getLogger("ftq.launch")
 RANK_FAILED_GRACE_S = 20.0
@@ -50,24 +53,46 @@ def start_ranks(ranks: int, job_id: str, attempt: int) -> list[subprocess.Popen[
 
 
 def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RANK_FAILED_GRACE_S) -> int:
-    """Wait for every rank; the exit code is the first failing rank's (0 when all succeed)."""
+    """Wait for every rank; the exit status is the first failing rank's (0 when all succeed).
+
+    A rank that exited with an error leaves the others `grace_s` (rank 0 may be recording the job's error); one
+    killed by a signal leaves them nothing to wait for, so they are killed at once.
+    """
     failed: int | None = None
-    deadline = float("inf")
+    deadline: float | None = None
     while True:
         codes = [p.poll() for p in processes]
-        if failed is None:
-            failed = next((code for code in codes if code not in (None, 0)), None)
-            if failed is not None:
-                deadline = time.monotonic() + grace_s
+        if failed in (None, EXIT_PEER_LOST):
+            failed = why_failed(codes)
+        if failed is not None and deadline is None:
+            deadline = time.monotonic() + (grace_s if failed > 0 else 0)
         if all(code is not None for code in codes):
-            return failed or 0
-        if time.monotonic() >= deadline:
+            return as_exit_status(failed or 0)
+        if deadline is not None and time.monotonic() >= deadline:
             log.warning("a rank failed (exit code %s); killing the ranks still running", failed)
             for process in processes:
                 if process.poll() is None:
                     process.kill()
             deadline = float("inf")
         time.sleep(POLL_S)
+
+
+def why_failed(codes: list[int | None]) -> int | None:
+    """The code that says why the ranks failed: a rank's own failure rather than another's report of losing it."""
+    failures = [code for code in codes if code not in (None, 0)]
+    own = [code for code in failures if code != EXIT_PEER_LOST]
+    return next(iter(own or failures), None)
+
+
+def as_exit_status(code: int) -> int:
+    """A Popen return code as a process exit status: killed by signal N is 128 + N, as a shell reports it."""
+    return 128 - code if code < 0 else code
+
+
+def stop_ranks(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Pass a termination on to every rank."""
+    for process in processes:
+        process.terminate()
 
 
 def main() -> None:
@@ -77,12 +102,6 @@ def main() -> None:
     processes = start_ranks(ranks, job_id, attempt)
     signal.signal(signal.SIGTERM, lambda *_: stop_ranks(processes))  # a SIGTERM to the launcher alone, too
     sys.exit(wait_for_ranks(processes))
-
-
-def stop_ranks(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Pass a termination on to every rank."""
-    for process in processes:
-        process.terminate()
 
 
 if __name__ == "__main__":

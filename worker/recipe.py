@@ -88,6 +88,10 @@ def build_sft_config(
         include_num_input_tokens_seen="no",  # CompletionTokenTrainer counts completion tokens there instead
         report_to=report_to,
         disable_tqdm=True,
+        # Several GPUs: each rank loads the same frozen base, so its buffers (the cached dequantized weights among
+        # them, gigabytes) need no broadcast before every forward; and every adapter parameter gets a gradient.
+        ddp_broadcast_buffers=False,
+        ddp_find_unused_parameters=False,
         # No save_total_limit: every checkpoint the API lists must stay downloadable (an adapter is small).
     )
 

@@ -39,9 +39,9 @@ from shared.queue import enqueue_job
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from worker.credentials import credentials_for
-from worker.distributed import is_main_rank
 from worker.errors import classify, is_out_of_memory
-from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_RANK_FAILED, EXIT_TEMPFAIL
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_RANK_FAILED, EXIT_TEMPFAIL
+from worker.ranks import is_main_rank, lost_a_peer
 
 log = logging.getLogger("ftq.runner")
 T = TypeVar("T")
@@ -176,6 +176,9 @@ def run(job_id: str, attempt: int) -> int:
             # whether this job gets its one retry with the same settings.
             log.exception("job %s attempt %s ran out of memory", job_id, attempt)
             return EXIT_OUT_OF_MEMORY
+        if lost_a_peer(exc):
+            log.exception("job %s attempt %s lost another rank; the launcher stops this one too", job_id, attempt)
+            return EXIT_PEER_LOST
         error = classify(exc)
         log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
         if not main:

@@ -40,7 +40,7 @@ from shared.spec import JobSpec
 from shared.users import get_user
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
-from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_TEMPFAIL
+from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_TEMPFAIL
 from worker.runner import SPARE_FLAG
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,9 @@ def _hand_to_spare(job_id: str, attempt: int, log_path: Path) -> subprocess.Pope
 def _killed(code: int) -> bool:
     # Killed by a signal (OOM killer, kill -9, a lost machine): not the job's fault, so worth another attempt.
     # Popen reports a signal as a negative code; 128+N is how a shell wrapper would report it; the runner
-    # exits EX_TEMPFAIL (75) when the database stayed away.
-    return code < 0 or code >= 128 or code == EXIT_TEMPFAIL
+    # exits EX_TEMPFAIL (75) when the database stayed away; a multi-GPU launch reports a rank that only lost its
+    # peer (which can only die by a signal) when no rank's own failure was seen.
+    return code < 0 or code >= 128 or code in (EXIT_TEMPFAIL, EXIT_PEER_LOST)
 
 
 def _record_exit(job_id: str, attempt: int, code: int) -> bool:

@@ -14,7 +14,6 @@ from trl import SFTTrainer
 from shared.spec import JobSpec
 from worker.credentials import Credentials
 from worker.data import DatasetStats, load_pairs, tokenize_pairs
-from worker.distributed import is_main_rank, local_rank, world_size
 from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
@@ -28,6 +27,7 @@ from worker.performance import (
     plan_performance,
 )
 from worker.progress import CheckpointCallback, ProgressCallback, Reporter, TokenCounter, last_complete_checkpoint
+from worker.ranks import is_main_rank, local_rank, world_size
 from worker.recipe import (
     DTYPES,
     build_lora_config,
