@@ -169,11 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     worker = add("worker", cmd_worker, "Run only a worker: a GPU worker, or with --validate a validation worker.")
     worker.add_argument("--name", help="worker name (shown in logs)")
-    worker.add_argument("--validate", action="store_true", help="validate new jobs' data (CPU) instead of training")
     pinned = worker.add_mutually_exclusive_group()
+    pinned.add_argument("--validate", action="store_true", help="validate new jobs' data (CPU) instead of training")
     pinned.add_argument("--gpu", type=_gpu_index, help="train on this GPU only (sets CUDA_VISIBLE_DEVICES)")
     pinned.add_argument(
-        "--gpus", help="one training worker per GPU of this box: all, or e.g. 0,1 (jobs may take several)"
+        "--gpus", help="one training worker per GPU of this box (named gpuN): all, or e.g. 0,1 (jobs may take several)"
     )
     add("migrate", cmd_migrate, "Bring the database to the newest schema.")
     add_admin_commands(add)

@@ -14,7 +14,7 @@ from shared.errors import FtqError, JobFailure
 from shared.events import add_event, add_status_event
 from shared.jobs import failure_values
 from shared.models import Checkpoint, EventType, Job, JobStatus, utcnow
-from shared.placement import hold_workers, plan_for
+from shared.placement import hold_box, plan_for
 from shared.settings import get_settings
 
 
@@ -97,9 +97,10 @@ def request_drain(*, session: Session, worker: str) -> list[str]:
 
 def requeue_drained(*, session: Session, job_id: str, attempt: int) -> bool:
     """Queue a drained job again; a drain is not a failure, so it spends no attempt."""
-    values = {
+    values: dict[str, Any] = {
         "status": JobStatus.queued,
         "worker": None,
+        "helpers": [],
         "drain_requested_at": None,
         "preemptions": Job.preemptions + 1,
     }
@@ -202,7 +203,7 @@ def record_checkpoint(
 
 def requeue_job(*, session: Session, job_id: str, attempt: int, reason: str, oom: bool = False) -> bool:
     """Hand a live attempt's job back to the queue (it resumes from its last complete checkpoint)."""
-    values: dict[str, Any] = {"status": JobStatus.queued, "worker": None}
+    values: dict[str, Any] = {"status": JobStatus.queued, "worker": None, "helpers": []}
     if oom:
         values["oom_retries"] = Job.oom_retries + 1
     if not _fenced_update(session, job_id, attempt, RUNNING, **values):
@@ -301,7 +302,7 @@ def reclaim_expired(*, session: Session, ttl_s: float, max_attempts: int) -> lis
         if status is JobStatus.cancelling:
             values: dict[str, Any] = {"status": JobStatus.cancelled, "finished_at": utcnow()}
         elif attempt - preemptions < max_attempts:
-            values = {"status": JobStatus.queued, "worker": None}
+            values = {"status": JobStatus.queued, "worker": None, "helpers": []}
         else:
             lost = JobFailure(f"the worker stopped responding on attempt {attempt}", code="worker_lost")
             values = failure_values(lost)
@@ -331,30 +332,26 @@ class Claim:
     time_limit_s: int | None = None
 
 
-def _stale_after_s() -> float:
-    return 3 * get_settings().worker_heartbeat_s
-
-
 def claim_next_job(*, session: Session, worker: str, tries: int = 5) -> Claim | None:
     """Claim the job this worker should launch now (a message is only a bell: any queued job may answer it): the
     next in fair-share order that fits free GPUs of its box, with the reservation rules of shared/placement."""
+    hold_box(session=session, worker=worker)
     for _ in range(tries):
-        starts, devices = plan_for(session=session, worker=worker, stale_after_s=_stale_after_s())
+        starts, devices = plan_for(session=session, worker=worker, stale_after_s=get_settings().worker_stale_s)
         mine = next((start for start in starts if start.workers[0] == worker), None)
         if mine is None:
             return None
-        if not hold_workers(session=session, workers=mine.workers):
-            continue  # another worker took one of these GPUs meanwhile: plan again
+        job = session.get(Job, mine.job_id)
         helpers = mine.workers[1:]
         attempt = claim_job(session=session, job_id=mine.job_id, worker=worker, helpers=helpers)
         if attempt is not None:
-            limit = session.scalar(select(Job.time_limit_s).where(Job.id == mine.job_id))
+            limit = job.time_limit_s if job is not None else None
             return Claim(mine.job_id, attempt, helpers, tuple(devices.get(name) for name in mine.workers), limit)
-    return None  # other workers kept winning; their bells will come round again
+    return None  # workers of other boxes kept winning; their bells will come round again
 
 
 def others_can_start(*, session: Session, worker: str) -> bool:
     """Whether a job this worker may not launch could start on other workers' free GPUs now (its bell, taken here,
     should be rung again for them)."""
-    starts, _devices = plan_for(session=session, worker=worker, stale_after_s=_stale_after_s())
+    starts, _devices = plan_for(session=session, worker=worker, stale_after_s=get_settings().worker_stale_s)
     return any(start.workers[0] != worker for start in starts)

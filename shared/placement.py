@@ -10,19 +10,19 @@ their time limits or progress ETAs). With no prediction nothing backfills there.
 never starved by a stream of small ones, and small jobs still use GPUs that would otherwise idle.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
-from shared.models import Job, JobStatus, Worker, as_utc, utcnow
-from shared.scheduling import queued_in_order
+from shared.models import Job, Worker, as_utc, utcnow
+from shared.scheduling import LIVE, queued_in_order
 from shared.spec import JobSpec
 
-LIVE = (JobStatus.running, JobStatus.cancelling)
 GPU_WORKER = "gpu"
 
 
@@ -36,13 +36,17 @@ class Gpu:
     ends_at: datetime | None = None  # for a busy GPU: when its job is predicted to end (None: unknown)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A queued job, as much as placement needs."""
+class Placeable(Protocol):
+    """A queued job, as much as placement needs (shared.scheduling.QueuedJob is one)."""
 
-    id: str
-    gpus: int = 1
-    time_limit_s: int | None = None
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def gpus(self) -> int: ...
+
+    @property
+    def time_limit_s(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def _start_time(free: int, ends: list[datetime | None], need: int, now: datetime
 
 
 def plan_starts(
-    order: list[Candidate], gpus: list[Gpu], now: datetime, prefer: str | None = None
+    order: Sequence[Placeable], gpus: list[Gpu], now: datetime, prefer: str | None = None
 ) -> tuple[list[Start], Reservation | None]:
     """Which of the `order`ed jobs start now and on which GPUs, and the reservation held for the first that cannot.
 
@@ -108,7 +112,7 @@ def plan_starts(
     return starts, reservation
 
 
-def _ends_before(job: Candidate, now: datetime, starts_at: datetime | None) -> bool:
+def _ends_before(job: Placeable, now: datetime, starts_at: datetime | None) -> bool:
     return (
         job.time_limit_s is not None
         and starts_at is not None
@@ -155,29 +159,33 @@ def cluster_gpus(*, session: Session, now: datetime, stale_after_s: float) -> di
     return gpus
 
 
-def plan_for(*, session: Session, worker: str, stale_after_s: float) -> tuple[list[Start], dict[str, str | None]]:
-    """Every start possible now (the asking worker's GPU preferred) and each worker's device index."""
-    now = utcnow()
-    gpus = cluster_gpus(session=session, now=now, stale_after_s=stale_after_s)
-    queued = queued_in_order(session=session)
-    if worker not in gpus:  # a worker whose row is missing or stale still runs one-GPU jobs on its own GPU
-        gpus[worker] = (Gpu(worker, f"{worker} (unregistered)"), None)
-    order = [Candidate(job.id, job.gpus, job.time_limit_s) for job in queued]
-    starts, _reservation = plan_starts(order, [gpu for gpu, _device in gpus.values()], now, prefer=worker)
-    return starts, {name: device for name, (_gpu, device) in gpus.items()}
-
-
-def hold_workers(*, session: Session, workers: tuple[str, ...]) -> bool:
-    """Lock the workers' rows for this transaction (PostgreSQL: row locks; SQLite: the database's write lock), then
-    True if none of their GPUs is held by a live job: two workers claiming at once cannot both take one GPU."""
+def hold_box(*, session: Session, worker: str) -> None:
+    """Lock the rows of every worker on `worker`'s box until the transaction ends (PostgreSQL: row locks, always
+    taken in one statement; SQLite: the database's write lock), so that the workers of one box claim one at a time
+    and two claims never take one GPU. Boxes do not share GPUs, so claims on different boxes never wait."""
+    box = select(Worker.hostname).where(Worker.name == worker).scalar_subquery()
     session.execute(
         update(Worker)
-        .where(Worker.name.in_(workers))
+        .where(Worker.hostname == box)
         .values(heartbeat_at=Worker.heartbeat_at)
         .execution_options(synchronize_session=False)
     )
-    held = holders(_live_jobs(session))
-    return not any(name in held for name in workers)
+
+
+def plan_for(*, session: Session, worker: str, stale_after_s: float) -> tuple[list[Start], dict[str, str | None]]:
+    """Every start possible now (the asking worker's GPU preferred) and each worker's device index. A stopping
+    worker (its row marked stopped: a warm shutdown) starts nothing."""
+    now = utcnow()
+    row = session.get(Worker, worker)
+    if row is not None and row.stopped_at is not None:
+        return [], {}
+    gpus = cluster_gpus(session=session, now=now, stale_after_s=stale_after_s)
+    if worker not in gpus:  # no row yet, or a stale one (the database was away): it still serves its own GPU
+        busy = worker in holders(_live_jobs(session))
+        gpus[worker] = (Gpu(worker, f"{worker} (unregistered)", busy), None)
+    order = queued_in_order(session=session)
+    starts, _reservation = plan_starts(order, [gpu for gpu, _device in gpus.values()], now, prefer=worker)
+    return starts, {name: device for name, (_gpu, device) in gpus.items()}
 
 
 def largest_box(*, session: Session) -> int | None:
@@ -198,6 +206,13 @@ def check_resources(*, session: Session, spec: JobSpec) -> None:
         return
     if spec.kind == "evaluation":
         raise InvalidInput("an evaluation job runs on one GPU", code="invalid_value", param="resources.gpus")
+    if spec.evaluation is not None and spec.evaluation.at_checkpoints:
+        # Rank 0 alone scores a checkpoint, while the other ranks wait in the next step's collective.
+        raise InvalidInput(
+            "evaluation.at_checkpoints scores on one GPU: train on one, or score the checkpoints afterwards",
+            code="invalid_value",
+            param="resources.gpus",
+        )
     batch = spec.hyperparameters.batch_size
     if batch % gpus:
         raise InvalidInput(

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(60, ge=1, validation_alias="FTQ_RATE_BURST")
 
     @property
+    def worker_stale_s(self) -> float:
+        """A worker whose row has not been refreshed for this long is offline (three missed heartbeats)."""
+        return 3 * self.worker_heartbeat_s
+
+    @property
     def data_path(self) -> Path:
         """The data directory, expanded and absolute."""
         return self.data_dir.expanduser().resolve()

@@ -1,6 +1,7 @@
 """Jobs on several GPUs, below the stack: the API's checks of `resources`, the claim of N GPUs of one box in the
 database (SQLite and PostgreSQL), the launcher's exit codes, and the time limit."""
 
+import os
 import subprocess
 import sys
 import time
@@ -10,15 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from shared.attempts import claim_next_job, others_can_start
+from shared.attempts import Claim, claim_next_job, others_can_start
 from shared.db import session_scope
 from shared.jobs import create_job, get_job, pass_validation
 from shared.models import JobStatus, User
 from shared.spec import JobSpec
-from shared.workers import list_workers, register_worker
+from shared.workers import list_workers, register_worker, stop_worker
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST
 from worker.launch import wait_for_ranks
-from worker.tasks import supervise
+from worker.ranks import lost_a_peer
+from worker.tasks import gpu_environment, supervise
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -137,9 +139,74 @@ def test_a_job_with_a_short_time_limit_backfills_a_held_gpu(api_key: str, spec: 
         claim = claim_next_job(session=session, worker=second)
         session.commit()
 
-    assert running != short
-    assert claim is not None and claim.job_id == short and claim.time_limit_s == 30 * 60
-    assert too_long != claim.job_id
+    assert claim is not None and (claim.job_id, claim.time_limit_s) == (short, 30 * 60)
+    with session_scope() as session:
+        statuses = [get_job(session=session, job_id=j).status for j in (running, too_long, short)]
+    assert statuses == [JobStatus.running, JobStatus.queued, JobStatus.running]
+
+
+def test_a_busy_worker_passes_on_a_bell_that_a_free_worker_can_answer(api_key: str, spec: dict[str, Any]) -> None:
+    (busy,), (free,) = register_box("a", 1), register_box("b", 1)
+    queue_job(spec)
+    with session_scope() as session:
+        assert claim_next_job(session=session, worker=busy) is not None
+        session.commit()
+    waiting = queue_job(spec)
+
+    with session_scope() as session:
+        claimed = claim_next_job(session=session, worker=busy)
+        ring_again = others_can_start(session=session, worker=busy)
+        session.commit()
+        claimed_there = claim_next_job(session=session, worker=free)
+        session.commit()
+
+    assert claimed is None and ring_again is True
+    assert claimed_there is not None and claimed_there.job_id == waiting
+
+
+def test_a_stopping_worker_claims_nothing(api_key: str, spec: dict[str, Any]) -> None:
+    (worker,) = register_box("box", 1)
+    job_id = queue_job(spec)
+    with session_scope() as session:
+        stop_worker(session=session, name=worker, pid=1000)
+        claimed = claim_next_job(session=session, worker=worker)
+        session.commit()
+        status = get_job(session=session, job_id=job_id).status
+
+    assert claimed is None and status is JobStatus.queued
+
+
+def test_before_any_worker_registers_a_two_gpu_job_is_accepted(client: TestClient, spec: dict[str, Any]) -> None:
+    response = client.post("/jobs", json={**spec, "resources": {"gpus": 2}})
+
+    assert response.status_code == 201, response.text
+
+
+def test_scoring_at_checkpoints_on_two_gpus_is_422(client: TestClient, spec: dict[str, Any]) -> None:
+    evaluation = {"dataset": spec["dataset"], "at_checkpoints": True}
+
+    response = client.post("/jobs", json={**spec, "evaluation": evaluation, "resources": {"gpus": 2}})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "resources.gpus"
+
+
+def test_the_launch_sees_every_gpu_of_the_claim_the_launchers_first() -> None:
+    on_gpus = gpu_environment(Claim("ftjob-x", 1, ("gpu0@box",), ("1", "0")))
+    on_cpus = gpu_environment(Claim("ftjob-x", 1, ("cpu1@box",), (None, None)))
+
+    assert on_gpus["CUDA_VISIBLE_DEVICES"] == "1,0"
+    assert on_cpus.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_only_an_error_about_a_lost_rank_counts_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16271")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    assert lost_a_peer(lost) is True
+    assert lost_a_peer(ValueError("row 3 has no template")) is False
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert lost_a_peer(lost) is False
 
 
 def test_the_launcher_exits_with_the_failing_ranks_code_and_stops_the_others() -> None:

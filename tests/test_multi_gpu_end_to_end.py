@@ -1,5 +1,5 @@
-"""One job on two GPUs of a box, end to end on a real stack: two training workers (`gpu0`, `gpu1`) on this CPU box,
-where the job's two ranks train data-parallel over gloo as they would over NCCL on GPUs.
+"""One job on two GPUs of a box, end to end on the shared stack: two training workers (`gpu0`, `gpu1`) on this CPU
+box, where the job's two ranks train data-parallel over gloo as they would over NCCL on GPUs.
 
 The scenario runs once (the `scenario` fixture): a two-GPU job (logging to an offline W&B run) and the same job on
 one GPU submitted right after it; then a two-GPU job whose rank 1 is killed, which resumes on a second attempt and
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import stack_client
+from tests.conftest import user_of
 from tests.services import StackClient, trainer_pids, wait_for_end, wait_until
 from tests.wandb_files import read_run
 
@@ -56,13 +56,10 @@ def holders(api: StackClient) -> dict[str, str | None]:
 
 
 @pytest.fixture(scope="module")
-def scenario(
-    tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path, train_file: Path
-) -> Iterator[Scenario]:
-    """Run the scenario on SQLite with two training workers."""
+def scenario(shared_stack: StackClient, tiny_model: Path, train_file: Path) -> Iterator[Scenario]:
+    """Run the scenario on the shared SQLite stack (two training workers), as a user of its own."""
     spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
-    data_dir = tmp_path_factory.mktemp("multi-gpu")
-    with stack_client("sqlite", data_dir, local_root, gpus=["0", "1"]) as api:
+    with user_of(shared_stack, "multi-gpu") as api:
         wait_until(lambda: len(holders(api)) == 2, what="both training workers registered")
         two = submit(api, {**job_spec(spec, gpus=2, steps=4), "wandb": {"project": "pricer"}})
         one = submit(api, job_spec(spec, gpus=1, steps=4))

@@ -76,6 +76,25 @@ def test_throughput_mode_takes_the_largest_micro_batch_that_keeps_the_effective_
     assert tight.micro_batch * tight.gradient_accumulation_steps == 64 and tight.micro_batch < 64
 
 
+def test_on_two_gpus_each_takes_half_of_every_step_so_the_effective_batch_stays_the_specs() -> None:
+    course, wide = spec(), spec(hyperparameters={"batch_size": 8, "gradient_accumulation_steps": 8})
+    wide_auto = spec(
+        hyperparameters={"batch_size": 8, "gradient_accumulation_steps": 8}, performance={"micro_batch": "auto"}
+    )
+
+    plans = [
+        plan_performance(s, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True, ranks=2)
+        for s in (course, wide, wide_auto)
+    ]
+
+    assert [(p.micro_batch, p.gradient_accumulation_steps, p.ranks) for p in plans] == [
+        (8, 1, 2),
+        (4, 8, 2),
+        (32, 1, 2),
+    ]
+    assert "micro-batch 8 x 1 on each of 2 GPUs" in plans[0].describe()
+
+
 @pytest.mark.parametrize("bad", [0, 2000, "fast"])
 def test_a_bad_micro_batch_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="micro_batch"):

@@ -1,11 +1,21 @@
 """Where queued jobs start: N GPUs of one box, a reservation for the first job that cannot start, and backfill only
 when it cannot delay that job."""
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shared.placement import Candidate, Gpu, Reservation, Start, plan_starts
+from shared.placement import Gpu, Reservation, Start, plan_starts
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued job as placement sees it."""
+
+    id: str
+    gpus: int = 1
+    time_limit_s: int | None = None
 
 
 def box(name: str, free: int, busy_until: list[datetime | None] | None = None) -> list[Gpu]:

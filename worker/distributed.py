@@ -22,6 +22,15 @@ class RankSync:
     def __init__(self) -> None:
         self._control: Any = None
 
+    def join(self, device: str) -> None:
+        """With several ranks, join the job's process group now (NCCL on GPUs, gloo on the CPU), so that the ranks can
+        agree before the Trainer exists; the Trainer's accelerate state then uses this group."""
+        if world_size() == 1 or torch.distributed.is_initialized():
+            return
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
     @property
     def active(self) -> bool:
         """Whether there are other ranks to agree with."""
@@ -41,6 +50,15 @@ class RankSync:
             return value
         box = torch.tensor([value], dtype=torch.int64)
         torch.distributed.broadcast(box, src=0, group=self._control_group())
+        return int(box.item())
+
+    def least(self, value: int | None) -> int | None:
+        """The smallest of every rank's `value` (None on every rank stays None): the free memory every rank plans
+        from, so that all of them choose the same micro-batch and the same memory savings."""
+        if not self.active or value is None:
+            return value
+        box = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(box, op=torch.distributed.ReduceOp.MIN, group=self._control_group())
         return int(box.item())
 
     def share_directive(self, directive: str) -> str:

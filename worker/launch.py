@@ -10,6 +10,7 @@ they would wait for the missing one in every collective.
 It imports no torch: it only starts and watches processes.
 """
 
+import ctypes
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from worker.exit_codes import EXIT_PEER_LOST
 
 log = logging.getLogger("ftq.launch")
 RANK_FAILED_GRACE_S = 20.0
+PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
 
 
@@ -45,11 +47,18 @@ def rank_environment(rank: int, ranks: int, port: int) -> dict[str, str]:
     }
 
 
+def die_with_parent() -> None:
+    """In a child, before it runs: the kernel kills it when its parent dies, so no orphan keeps a GPU."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def start_ranks(ranks: int, job_id: str, attempt: int) -> list[subprocess.Popen[bytes]]:
-    """One runner per rank, in this launcher's process group (the supervisor's kill reaches them all)."""
+    """One runner per rank, in this launcher's process group (the supervisor's kill reaches them all), each killed
+    by the kernel if the launcher dies."""
     port = free_port()
     command = [sys.executable, "-m", "worker.runner", job_id, str(attempt)]
-    return [subprocess.Popen(command, env=rank_environment(r, ranks, port)) for r in range(ranks)]
+    env = [rank_environment(r, ranks, port) for r in range(ranks)]
+    return [subprocess.Popen(command, env=env[r], preexec_fn=die_with_parent) for r in range(ranks)]
 
 
 def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RANK_FAILED_GRACE_S) -> int:
@@ -64,8 +73,9 @@ def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RA
         codes = [p.poll() for p in processes]
         if failed in (None, EXIT_PEER_LOST):
             failed = why_failed(codes)
-        if failed is not None and deadline is None:
-            deadline = time.monotonic() + (grace_s if failed > 0 else 0)
+            if failed is not None:  # a rank killed by a signal shortens any grace a rank's error had started
+                wait = time.monotonic() + (grace_s if failed > 0 else 0)
+                deadline = wait if deadline is None else min(deadline, wait)
         if all(code is not None for code in codes):
             return as_exit_status(failed or 0)
         if deadline is not None and time.monotonic() >= deadline:

@@ -143,8 +143,8 @@ class OtherRankReporter:
 def run(job_id: str, attempt: int) -> int:
     """Train one attempt of a job and record how it ended; the exit code is 0 when the outcome is recorded.
 
-    Under `worker.launch` (several GPUs) every rank runs this; only rank 0 writes to the job, and a failing other
-    rank exits non-zero for the launcher to stop the rest.
+    Under `worker.launch` (several GPUs) every rank runs this; rank 0 alone reports and records the outcome, but any
+    rank records the error it fails with (then exits non-zero, for the launcher to stop the rest).
     """
     # Heavy imports only after the job is known to exist.
     from worker.evaluation_job import run_evaluation
@@ -181,12 +181,11 @@ def run(job_id: str, attempt: int) -> int:
             return EXIT_PEER_LOST
         error = classify(exc)
         log.exception("job %s attempt %s failed: %s", job_id, attempt, error.code)
-        if not main:
-            return EXIT_RANK_FAILED  # rank 0 meets the same error, or the launcher stops it and the task records it
-        with session_scope() as session:
+        with session_scope() as session:  # any rank may: the attempt's fence lets the first one's error stand
             fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
             session.commit()
-        return 0
+        # A rank other than 0 exits non-zero: rank 0 may be waiting for it in a collective, so the launcher stops it.
+        return 0 if main else EXIT_RANK_FAILED
     if not main:
         return 0
     if outcome.drained:

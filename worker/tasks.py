@@ -1,6 +1,5 @@
 """The Celery task: a thin boundary that claims a job and runs it in a fresh training process it supervises."""
 
-import ctypes
 import importlib
 import logging
 import os
@@ -41,17 +40,13 @@ from shared.users import get_user
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_TEMPFAIL
+from worker.launch import die_with_parent
+from worker.registry import unregister
 from worker.runner import SPARE_FLAG
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 SUPERVISE_POLL_S = 1.0
 EXIT_GRACE_S = 30.0  # how long a trainer that recorded its outcome may take to exit
-
-
-def _die_with_parent() -> None:
-    # If this task's process is killed, the kernel kills the trainer too: no orphan keeps the GPU.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _beat(job_id: str, attempt: int) -> tuple[bool, bool, bool, bool]:
@@ -204,7 +199,7 @@ def _start_trainer(
             stdin=subprocess.PIPE if args == [SPARE_FLAG] else subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # if this task's process is killed, the trainer is too
             process_group=0,  # its own group, so a kill reaches any process it started too
         )
 
@@ -274,15 +269,12 @@ def drain_running_jobs(sender: str, **_kwargs: Any) -> None:
     Runs in the worker's main process; the warm shutdown then waits for the tasks, which end once their
     trainers have saved and stopped.
     """
-    _shutting_down.set()
+    unregister()  # first: marked stopped, no job is placed on this worker's GPU and its task claims nothing more
     with session_scope() as session:
         drained = request_drain(session=session, worker=sender)
         session.commit()
     for job_id in drained:
         log.warning("worker %s shutting down: job %s will checkpoint and be queued again", sender, job_id)
-
-
-_shutting_down = threading.Event()  # set once a warm shutdown starts: claim nothing more
 
 
 @app.task(name=RUN_JOB_TASK, bind=True)
@@ -292,15 +284,20 @@ def run_job(self: Any, job_id: str) -> None:
     worker = str(self.request.hostname or socket.gethostname())
     claim = _claim(worker)
     if claim is None:
-        with session_scope() as session:
-            ring_again = others_can_start(session=session, worker=worker)
-        log.info("nothing for %s to launch (bell for %s)%s", worker, job_id, "; rung again" if ring_again else "")
-        if ring_again:  # a job fits other workers' free GPUs: pass the bell on to them
-            enqueue_job(job_id)
+        log.info("nothing for %s to launch (bell for %s)", worker, job_id)
+        _ring_for_others(worker, job_id)  # a job fits other workers' free GPUs: pass the bell on to them
         return
     while claim is not None:
         _run_attempt(claim, worker)
-        claim = None if _shutting_down.is_set() else _claim(worker)
+        claim = _claim(worker)  # nothing once this worker is stopping (its registry row says so)
+        _ring_for_others(worker, job_id)  # GPUs this attempt held may let jobs start on other workers too
+
+
+def _ring_for_others(worker: str, job_id: str) -> None:
+    with session_scope() as session:
+        ring = others_can_start(session=session, worker=worker)
+    if ring:
+        enqueue_job(job_id)
 
 
 def _claim(worker: str) -> Claim | None:

@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from shared.spec import JobSpec
 from worker.credentials import Credentials
 from worker.data import DatasetStats, load_pairs, tokenize_pairs
+from worker.distributed import RankSync
 from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
 from worker.model_card import render_model_card
@@ -121,12 +122,14 @@ def build_trainer(
     # Seed before the LoRA layers are created: their random init is part of what `seed` makes reproducible.
     set_seed(spec.hyperparameters.seed)
     device = pick_device()
+    sync = RankSync()
+    sync.join(device)
     model = load_quantized_model(spec, roots, device, hf_token)
     plan = plan_performance(
         spec,
         model_shape(model),
         device=device,
-        free_bytes=free_memory(device),
+        free_bytes=sync.least(free_memory(device)),  # every rank plans from the tightest GPU, so all plan alike
         liger_available=liger_available(),
         ranks=world_size(),
     )
@@ -144,7 +147,7 @@ def build_trainer(
         report_to="wandb" if spec.wandb and is_main_rank() else "none",
     )
     tokens = TokenCounter()
-    progress = ProgressCallback(reporter, interval_s, tokens)
+    progress = ProgressCallback(reporter, interval_s, tokens, sync)
     scorer = checkpoint_scorer(spec, job_dir, roots, reporter, tokenizer, hf_token) if is_main_rank() else None
     trainer = CompletionTokenTrainer(
         tokens=tokens,

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/workers", tags=["workers"], responses=errors(*COMMON
 def list_all_workers(session: SessionDep, settings: SettingsDep, user: CurrentUser) -> WorkerList:
     """Every worker seen: kind, GPU, state (online/offline/stopped), heartbeat and current job."""
     now = utcnow()
-    stale_after_s = 3 * settings.worker_heartbeat_s
+    stale_after_s = settings.worker_stale_s
     data = []
     for worker, job in list_workers(session=session):
         current = None
