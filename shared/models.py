@@ -227,7 +227,8 @@ class IdempotencyKey(Base):
 
 
 class Worker(Base):
-    """A worker process as it last reported itself; its current job is the job it holds (`Job.worker`)."""
+    """A worker process as it last reported itself; its current job is the live job that names it (`Job.worker` or
+    `Job.helpers`)."""
 
     __tablename__ = "workers"
 

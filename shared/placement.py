@@ -166,7 +166,7 @@ def hold_box(*, session: Session, worker: str) -> None:
     box = select(Worker.hostname).where(Worker.name == worker).scalar_subquery()
     session.execute(
         update(Worker)
-        .where(Worker.hostname == box)
+        .where(Worker.hostname == box, Worker.kind == GPU_WORKER)
         .values(heartbeat_at=Worker.heartbeat_at)
         .execution_options(synchronize_session=False)
     )

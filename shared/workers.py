@@ -1,6 +1,7 @@
 """The worker registry: each worker process writes its row on start, every heartbeat, and on stop.
 
-`GET /workers` reads it; a worker's current job is the live job that names it (`Job.worker`).
+`GET /workers` reads it; a worker's current job is the live job that names it, as the worker that launched it
+(`Job.worker`) or as one whose GPU it also holds (`Job.helpers`).
 """
 
 from datetime import datetime, timedelta

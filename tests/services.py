@@ -155,7 +155,7 @@ def wait_for_end(client: httpx.Client, job_id: str, timeout_s: float = 300) -> d
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
         if job["status"] in TERMINAL:
             return job
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
 
 

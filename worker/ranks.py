@@ -1,5 +1,6 @@
-"""Which rank of a job this process is, from the environment `worker.launch` (or torchrun) sets. No torch here: the
-Celery task's process reads these too, and must never import torch (see worker.distributed for the rest)."""
+"""Which rank of a job this process is, from the environment `worker.launch` (or torchrun) sets. No torch at import:
+the Celery task's process imports this module (through worker.runner) and must never load torch; the collectives
+are in worker.distributed."""
 
 import os
 
