@@ -13,14 +13,14 @@ from sqlalchemy import select
 
 from shared.attempts import Claim, claim_next_job, others_can_start
 from shared.db import session_scope
-from shared.jobs import create_job, get_job, pass_validation
+from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import JobStatus, User
 from shared.spec import JobSpec
 from shared.workers import list_workers, register_worker, stop_worker
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST
 from worker.launch import wait_for_ranks
 from worker.ranks import lost_a_peer
-from worker.tasks import gpu_environment, supervise
+from worker.tasks import _record_exit, gpu_environment, supervise
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -263,3 +263,20 @@ def test_an_attempt_past_its_time_limit_is_killed_and_fails_naming_the_limit(
         error = (job.status, job.error_code, job.error_param)
     assert code == -9
     assert error == (JobStatus.failed, "time_limit_exceeded", "resources.time_limit_minutes")
+
+
+def test_a_cancelling_attempt_past_its_time_limit_ends_cancelled(api_key: str, spec: dict[str, Any]) -> None:
+    (worker,) = register_box("box", 1)
+    job_id = queue_job(spec, time_limit_minutes=1)
+    with session_scope() as session:
+        claim = claim_next_job(session=session, worker=worker)
+        cancel_job(session=session, job=get_job(session=session, job_id=job_id))
+        session.commit()
+    assert claim is not None
+    process = subprocess.Popen(SLEEPER, process_group=0)
+
+    code = supervise(process, job_id, claim.attempt, grace_s=60, time_limit_s=0.5)
+    _record_exit(job_id, claim.attempt, code)
+
+    with session_scope() as session:
+        assert get_job(session=session, job_id=job_id).status is JobStatus.cancelled

@@ -74,13 +74,17 @@ def supervise(
     is not honoured within `grace_s`, or (failing the job) once it has run `time_limit_s`. With `spare`, start a
     spare trainer once another job is waiting."""
     cancel_seen: float | None = None
-    deadline = time.monotonic() + time_limit_s if time_limit_s is not None else None
+    started = time.monotonic()
     while True:
         try:
             return process.wait(timeout=SUPERVISE_POLL_S)
         except subprocess.TimeoutExpired:
             pass
-        if deadline is not None and time.monotonic() >= deadline and _fail_overtime(job_id, attempt, time_limit_s):
+        if (
+            time_limit_s is not None
+            and _overtime(started, time_limit_s)
+            and _fail_overtime(job_id, attempt, time_limit_s)
+        ):
             log.warning("job %s ran past its time limit of %.0fs; killing it", job_id, time_limit_s)
             os.killpg(process.pid, signal.SIGKILL)
             return process.wait()
@@ -106,10 +110,14 @@ def supervise(
             return process.wait()
 
 
-def _fail_overtime(job_id: str, attempt: int, limit_s: float | None) -> bool:
-    """Fail a live attempt that ran past its time limit; False when it is no longer this attempt's to fail (or the
-    database is away: the next poll tries again)."""
-    minutes = (limit_s or 0) / 60
+def _overtime(started: float, limit_s: float) -> bool:
+    return time.monotonic() - started >= limit_s
+
+
+def _fail_overtime(job_id: str, attempt: int, limit_s: float) -> bool:
+    """Fail a live attempt that ran past its time limit (a cancelling one is only stopped: its cancel ends it); False
+    when it is no longer this attempt's to stop (or the database is away: the next poll tries again)."""
+    minutes = limit_s / 60
     error = JobFailure(
         f"the job ran past its time limit of {minutes:g} minutes (attempt {attempt}); its checkpoints are kept",
         code="time_limit_exceeded",
@@ -117,12 +125,14 @@ def _fail_overtime(job_id: str, attempt: int, limit_s: float | None) -> bool:
     )
     try:
         with session_scope() as session:
-            failed = fail_job(session=session, job_id=job_id, attempt=attempt, error=error)
+            stop = is_cancelling(session=session, job_id=job_id, attempt=attempt) or fail_job(
+                session=session, job_id=job_id, attempt=attempt, error=error
+            )
             session.commit()
     except Exception:
         log.exception("could not fail job %s at its time limit; will retry", job_id)
         return False
-    return failed
+    return stop
 
 
 def _wait_or_kill(process: subprocess.Popen[bytes], grace_s: float) -> int:
