@@ -226,13 +226,18 @@ def user_of(stack: StackClient, name: str) -> StackClient:
 def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path
 ) -> Iterator[StackClient]:
-    """A running stack on SQLite or PostgreSQL (each test runs on both)."""
-    with stack_client(request.param, tmp_path_factory.mktemp(f"stack-{request.param}"), local_root) as client:
+    """A running stack on SQLite (one training worker, the module's own) or PostgreSQL (the shared `pg_api`): each
+    test runs on both."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("pg_api")
+        return
+    with stack_client("sqlite", tmp_path_factory.mktemp("stack-sqlite"), local_root) as client:
         yield client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pg_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path) -> Iterator[StackClient]:
-    """A running stack on PostgreSQL, the team setup."""
+    """A running stack on PostgreSQL, the team setup, shared by the modules that break a part of it and mend it
+    before they end (a killed worker restarted, Redis restarted): each leaves it running with no job in flight."""
     with stack_client("postgres", tmp_path_factory.mktemp("stack-pg"), local_root) as client:
         yield client

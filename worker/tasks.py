@@ -167,7 +167,7 @@ def run_training_process(claim: Claim) -> int:
         claim.job_id,
         claim.attempt,
         settings.cancel_grace_s,
-        spare=settings.spare_trainer and not claim.helpers,
+        spare=settings.spare_trainer,  # a spare serves the next one-GPU job; a launch over several starts its own
         time_limit_s=claim.time_limit_s,
     )
 
