@@ -208,9 +208,9 @@ def stack_client(
 @pytest.fixture(scope="session")
 def shared_stack(tmp_path_factory: pytest.TempPathFactory, local_root: Path) -> Iterator[StackClient]:
     """One SQLite stack for the modules that neither break nor reconfigure theirs: each signs in as a user of its
-    own (`user_of`), so it sees only its own jobs; sharing saves each a stack's start and first imports. It has two
-    training workers on this CPU box (`gpu0`, `gpu1`), so that a job can also take two "GPUs" (gloo ranks)."""
-    with stack_client("sqlite", tmp_path_factory.mktemp("stack-shared"), local_root, gpus=["0", "1"]) as client:
+    own (`user_of`), so it sees only its own jobs; sharing saves each a stack's start and first imports. Its training
+    worker is `gpu0` on this CPU box (a module may add `gpu1` beside it: `RunningStack.added_gpu_worker`)."""
+    with stack_client("sqlite", tmp_path_factory.mktemp("stack-shared"), local_root, gpus=["0"]) as client:
         yield client
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ftq.stack import stack_commands
+from ftq.stack import gpu_worker, stack_commands
 from shared.settings import Settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -112,6 +112,16 @@ class RunningStack:
         """SIGTERM the GPU worker's main process, as a deploy would, and wait for it to exit."""
         self.processes["worker"].send_signal(signal.SIGTERM)
         return self.processes["worker"].wait(timeout=timeout_s)
+
+    @contextmanager
+    def added_gpu_worker(self, gpu: str) -> Iterator[None]:
+        """Run one more training worker, pinned to `gpu`, until the context ends (then it shuts down warm)."""
+        name, worker = f"worker-gpu{gpu}", gpu_worker(self.settings, gpu)
+        self.start(name, worker.command, worker.env)
+        try:
+            yield
+        finally:
+            stop_process_group(self.processes.pop(name))
 
     def restart_worker(self) -> None:
         """Start a fresh GPU worker."""

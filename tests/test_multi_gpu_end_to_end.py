@@ -1,5 +1,5 @@
-"""One job on two GPUs of a box, end to end on the shared stack: two training workers (`gpu0`, `gpu1`) on this CPU
-box, where the job's two ranks train data-parallel over gloo as they would over NCCL on GPUs.
+"""One job on two GPUs of a box, end to end on the shared stack with a second training worker: `gpu0` and `gpu1` on
+this CPU box, where the job's two ranks train data-parallel over gloo as they would over NCCL on GPUs.
 
 The scenario runs once (the `scenario` fixture): a two-GPU job (logging to an offline W&B run) and the same job on
 one GPU submitted right after it; then a two-GPU job whose rank 1 is killed, which resumes on a second attempt and
@@ -57,9 +57,10 @@ def holders(api: StackClient) -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def scenario(shared_stack: StackClient, tiny_model: Path, train_file: Path) -> Iterator[Scenario]:
-    """Run the scenario on the shared SQLite stack (two training workers), as a user of its own."""
+    """Run the scenario on the shared SQLite stack with a second training worker beside its first, as a user of its
+    own."""
     spec = {"base_model": str(tiny_model), "dataset": {"id": str(train_file)}}
-    with user_of(shared_stack, "multi-gpu") as api:
+    with shared_stack.stack.added_gpu_worker("1"), user_of(shared_stack, "multi-gpu") as api:
         wait_until(lambda: len(holders(api)) == 2, what="both training workers registered")
         two = submit(api, {**job_spec(spec, gpus=2, steps=4), "wandb": {"project": "pricer"}})
         one = submit(api, job_spec(spec, gpus=1, steps=4))
