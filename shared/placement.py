@@ -160,16 +160,18 @@ def cluster_gpus(*, session: Session, now: datetime, stale_after_s: float) -> di
 
 
 def hold_box(*, session: Session, worker: str) -> None:
-    """Lock the rows of every worker on `worker`'s box until the transaction ends (PostgreSQL: row locks, always
-    taken in one statement; SQLite: the database's write lock), so that the workers of one box claim one at a time
-    and two claims never take one GPU. Boxes do not share GPUs, so claims on different boxes never wait."""
+    """Lock the training workers of `worker`'s box until the transaction ends, so that the workers of one box claim
+    one at a time and two claims never take one GPU (boxes share no GPUs: claims on different boxes never wait).
+
+    PostgreSQL: their rows, locked in name order (two claimants cannot each hold a row the other waits for); SQLite:
+    the database's write lock, which a write takes (a transaction's reads before it would see an older state)."""
     box = select(Worker.hostname).where(Worker.name == worker).scalar_subquery()
-    session.execute(
-        update(Worker)
-        .where(Worker.hostname == box, Worker.kind == GPU_WORKER)
-        .values(heartbeat_at=Worker.heartbeat_at)
-        .execution_options(synchronize_session=False)
-    )
+    mine = (Worker.hostname == box, Worker.kind == GPU_WORKER)
+    if session.get_bind().dialect.name == "sqlite":
+        update_rows = update(Worker).where(*mine).values(heartbeat_at=Worker.heartbeat_at)
+        session.execute(update_rows.execution_options(synchronize_session=False))
+    else:
+        session.execute(select(Worker.name).where(*mine).order_by(Worker.name).with_for_update())
 
 
 def plan_for(*, session: Session, worker: str, stale_after_s: float) -> tuple[list[Start], dict[str, str | None]]:

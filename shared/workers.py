@@ -32,11 +32,12 @@ def register_worker(
 
 
 def beat_worker(*, session: Session, name: str, pid: int) -> bool:
-    """Record that the worker is alive; False if its row now belongs to another process of the same name."""
+    """Record that the worker is alive; False if its row now belongs to another process of the same name, or was
+    marked stopped (a beat racing the stop must not revive a worker that has begun to shut down)."""
     result = session.execute(
         update(Worker)
-        .where(Worker.name == name, Worker.pid == pid)
-        .values(heartbeat_at=utcnow(), stopped_at=None)
+        .where(Worker.name == name, Worker.pid == pid, Worker.stopped_at.is_(None))
+        .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

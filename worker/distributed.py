@@ -6,6 +6,7 @@ decision that changes what the ranks do next (report now, drain, stop) is taken 
 them at the same step, or one rank would wait forever in a collective the others never join.
 """
 
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from shared.attempts import CONTINUE, DRAIN, STOP
 from worker.ranks import world_size
 
 DIRECTIVES = (CONTINUE, DRAIN, STOP)
+DDP_TIMEOUT_S = 1800
 
 
 class RankSync:
@@ -29,7 +31,9 @@ class RankSync:
             return
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
-        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        # The Trainer's own timeout for collectives (TrainingArguments.ddp_timeout), not NCCL's shorter default.
+        timeout = timedelta(seconds=DDP_TIMEOUT_S)
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
 
     @property
     def active(self) -> bool:

@@ -11,6 +11,7 @@ It imports no torch: it only starts and watches processes.
 """
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from worker.exit_codes import EXIT_PEER_LOST
 
@@ -47,9 +49,20 @@ def rank_environment(rank: int, ranks: int, port: int) -> dict[str, str]:
     }
 
 
-def die_with_parent() -> None:
-    """In a child, before it runs: the kernel kills it when its parent dies, so no orphan keeps a GPU."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: a child between fork and exec must not load libraries
+
+
+def die_with(parent: int) -> None:
+    """In a child of `parent`, before it runs: the kernel kills it when its parent dies, so no orphan keeps a GPU
+    (and if the parent died before this, it exits now)."""
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def die_with_this_process() -> Callable[[], None]:
+    """A `preexec_fn` that ties a child's life to this process."""
+    return functools.partial(die_with, os.getpid())
 
 
 def start_ranks(ranks: int, job_id: str, attempt: int) -> list[subprocess.Popen[bytes]]:
@@ -58,7 +71,7 @@ def start_ranks(ranks: int, job_id: str, attempt: int) -> list[subprocess.Popen[
     port = free_port()
     command = [sys.executable, "-m", "worker.runner", job_id, str(attempt)]
     env = [rank_environment(r, ranks, port) for r in range(ranks)]
-    return [subprocess.Popen(command, env=env[r], preexec_fn=die_with_parent) for r in range(ranks)]
+    return [subprocess.Popen(command, env=env[r], preexec_fn=die_with_this_process()) for r in range(ranks)]
 
 
 def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RANK_FAILED_GRACE_S) -> int:
@@ -73,7 +86,7 @@ def wait_for_ranks(processes: list[subprocess.Popen[bytes]], grace_s: float = RA
         codes = [p.poll() for p in processes]
         if failed in (None, EXIT_PEER_LOST):
             failed = why_failed(codes)
-            if failed is not None:  # a rank killed by a signal shortens any grace a rank's error had started
+            if failed is not None:  # a rank killed by a signal ends the grace a lost peer's report had started
                 wait = time.monotonic() + (grace_s if failed > 0 else 0)
                 deadline = wait if deadline is None else min(deadline, wait)
         if all(code is not None for code in codes):

@@ -84,17 +84,20 @@ def register(sender: Any, **_kwargs: Any) -> None:
             session.commit()
     except Exception:
         log.warning("could not register worker %s", name, exc_info=True)
-    threading.Thread(
+    beat = threading.Thread(
         target=_beat_forever, args=(name, os.getpid(), settings.worker_heartbeat_s), name="ftq-registry", daemon=True
-    ).start()
+    )
+    beat.start()
+    _me["beat"] = beat
 
 
 @worker_shutdown.connect
 def unregister(**_kwargs: Any) -> None:
-    """Mark this worker stopped."""
+    """Mark this worker stopped (its heartbeat thread stopped first, so that no late beat follows the mark)."""
     _stop.set()
     if not _me:
         return
+    _me["beat"].join(timeout=5)
     try:
         with session_scope() as session:
             stop_worker(session=session, name=_me["name"], pid=_me["pid"])

@@ -40,7 +40,7 @@ from shared.users import get_user
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_TEMPFAIL
-from worker.launch import die_with_parent
+from worker.launch import die_with_this_process
 from worker.registry import unregister
 from worker.runner import SPARE_FLAG
 
@@ -209,7 +209,7 @@ def _start_trainer(
             stdin=subprocess.PIPE if args == [SPARE_FLAG] else subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # if this task's process is killed, the trainer is too
+            preexec_fn=die_with_this_process(),  # if this task's process is killed, the trainer is too
             process_group=0,  # its own group, so a kill reaches any process it started too
         )
 
