@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="optimizer steps per path (default 50; tiny: 8)")
     p.add_argument("--warmup", type=int, help="first steps left out of the timing (default 5; tiny: 2)")
     p.add_argument("--batch", type=int, default=16, help="rows per step (the course's 16)")
+    p.add_argument(
+        "--accumulation",
+        type=int,
+        default=1,
+        help="ftq only: micro-batches per optimizer step (the spec's gradient_accumulation_steps); with"
+        ' --ftq-performance \'{"micro_batch": "auto"}\' this runs the worker\'s throughput mode',
+    )
     p.add_argument("--only", choices=["reference", "ftq"], help="run one path only")
     p.add_argument("--model-dir", type=Path, help="where the random model is built once and reused")
     p.add_argument("--rows", type=Path, help="pricer .jsonl with a 'text' column (default: shared data, else bundled)")
@@ -137,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be larger than --warmup: at least one timed step is needed")
     if args.warmup < 1:
         p.error("--warmup must be at least 1: step 1 allocates the optimizer state and is never typical")
+    if args.accumulation < 1 or (args.accumulation > 1 and args.only != "ftq"):
+        p.error("--accumulation N > 1 needs --only ftq (the reference trains --batch rows a step)")
     return args
 
 
@@ -401,7 +410,9 @@ def build_ftq(
     spec = JobSpec(
         base_model=str(model_dir),
         dataset=DatasetSpec(id=str(rows_path)),
-        hyperparameters=Hyperparameters(max_steps=args.steps, batch_size=args.batch),  # logs every 50, as the course
+        hyperparameters=Hyperparameters(  # logs every 50, as the course
+            max_steps=args.steps, batch_size=args.batch, gradient_accumulation_steps=args.accumulation
+        ),
         performance=PerformanceSpec.model_validate(args.ftq_performance),
     )
     reporter = CollectingReporter()
@@ -676,7 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoTokenizer
 
         preload(args.only)
-        rows = make_rows(texts, AutoTokenizer.from_pretrained(str(model_dir)), args.steps * args.batch)
+        rows = make_rows(
+            texts, AutoTokenizer.from_pretrained(str(model_dir)), args.steps * args.batch * args.accumulation
+        )
         # The same rows in one file per path, so that the second path does not find the first one's rows already
         # prepared in the `datasets` cache (keyed by file path), which would shorten its time to first step.
         rows_files = {name: work / f"rows-{name}.jsonl" for name in ("reference", "ftq")}
@@ -701,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": gpu,
         "shape": args.shape,
         "batch": args.batch,
+        "accumulation": args.accumulation,
         "steps": args.steps,
         "warmup": args.warmup,
         "max_length": MAX_LENGTH,
