@@ -4,7 +4,9 @@ database (SQLite and PostgreSQL), the launcher's exit codes, and the time limit.
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from shared.attempts import Claim, claim_next_job, others_can_start
 from shared.db import session_scope
 from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import JobStatus, User
+from shared.placement import hold_box
 from shared.spec import JobSpec
 from shared.workers import list_workers, register_worker, stop_worker
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST
@@ -282,3 +285,41 @@ def test_a_cancelling_attempt_past_its_time_limit_ends_cancelled(api_key: str, s
     assert time.monotonic() - started < 30  # stopped by its time limit, not by the cancel's grace
     with session_scope() as session:
         assert get_job(session=session, job_id=job_id).status is JobStatus.cancelled
+
+
+def hold_for(worker: str, seconds: float, started: threading.Event | None = None) -> float:
+    """Take `worker`'s box lock in a session of its own, keep it `seconds`, commit; returns when the lock was had."""
+    with session_scope() as session:
+        hold_box(session=session, worker=worker)
+        had = time.monotonic()
+        if started is not None:
+            started.set()
+        time.sleep(seconds)
+        session.commit()
+    return had
+
+
+def held_while_another_holds(holder: str, asker: str) -> float:
+    """How long `asker` waited for its box lock while `holder` kept its own for a second."""
+    holding = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        held = pool.submit(hold_for, holder, 1.0, holding)
+        assert holding.wait(10)
+        asked = time.monotonic()
+        waited = hold_for(asker, 0) - asked
+        held.result()
+    return waited
+
+
+def test_claims_on_one_box_take_its_lock_one_at_a_time(api_key: str) -> None:
+    first, second = register_box("box", 2)
+
+    assert held_while_another_holds(first, second) >= 0.5
+
+
+def test_a_claim_on_another_box_does_not_wait(env: dict[str, str], api_key: str) -> None:
+    if env["DATABASE_URL"].startswith("sqlite"):
+        pytest.skip("SQLite has one write lock for the whole database")
+    (first,), (elsewhere,) = register_box("box", 1), register_box("other", 1)
+
+    assert held_while_another_holds(first, elsewhere) < 0.5
