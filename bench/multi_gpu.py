@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     tiny = args.shape == "tiny"
+    args.accumulation = 1  # build_ftq's gradient accumulation: every run here keeps one micro-batch a step
     args.steps = args.steps if args.steps is not None else (TINY_STEPS if tiny else DEFAULT_STEPS)
     args.warmup = args.warmup if args.warmup is not None else (TINY_WARMUP if tiny else DEFAULT_WARMUP)
     if args.steps <= args.warmup:

@@ -74,3 +74,11 @@ class RankSync:
         if self.active:
             torch.distributed.all_reduce(counts)
         return counts
+
+
+def leave_process_group() -> None:
+    """Leave the job's process groups once the attempt is over, so that NCCL frees its communicators before the
+    process exits instead of warning that they leak. The runner calls it last, once the trainer is gone: its DDP
+    objects hold the groups, and tearing them down after the groups have been destroyed can hang a rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

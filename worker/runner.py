@@ -255,7 +255,12 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if sys.argv[1:] == [SPARE_FLAG]:
         sys.exit(run_spare())
-    sys.exit(run(sys.argv[1], int(sys.argv[2])))
+    code = run(sys.argv[1], int(sys.argv[2]))
+    if code == 0 and "torch" in sys.modules:
+        from worker.distributed import leave_process_group
+
+        leave_process_group()  # after the attempt's objects are gone and its outcome is recorded
+    sys.exit(code)
 
 
 if __name__ == "__main__":
