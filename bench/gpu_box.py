@@ -94,7 +94,7 @@ def main() -> int:
 
 
 def training_workers(client: httpx.Client) -> dict[str, Any]:
-    """Each training worker's GPU and current job, by name."""
+    """Each training worker's current job id (None when idle), by worker name."""
     workers = client.get("/workers").json()["data"]
     return {w["name"]: (w["current_job"] or {}).get("id") for w in workers if w["kind"] == "gpu"}
 
