@@ -20,9 +20,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -173,77 +175,67 @@ class RawConnection:
         return int(status_line.split()[1])
 
 
+Send = Callable[[], Awaitable[int]]
+
+
 async def _load(plan: dict[str, Any]) -> dict[str, Any]:
+    """One phase from this process: `concurrency` clients, each sending the plan's request in a loop."""
+    headers = {"Authorization": f"Bearer {plan['key']}"}
+    rng = random.Random(0)
+
+    def path() -> str:
+        return str(plan["path"]).replace("{id}", rng.choice(plan.get("ids") or [""]))
+
     if plan.get("client") == "raw":
-        return await _load_raw(plan)
+        target = urlsplit(plan["base_url"])
+        body = json.dumps(plan["body"]).encode() if plan["method"] == "POST" else b""
+        query = f"?{urlencode(plan['params'])}" if plan.get("params") else ""
+        connections = [
+            RawConnection(target.hostname or "", target.port or 80, headers) for _ in range(plan["concurrency"])
+        ]
+
+        def raw_sender(connection: RawConnection) -> Send:
+            async def send() -> int:
+                return await connection.request(plan["method"], path() + query, body)
+
+            return send
+
+        return await measure([raw_sender(c) for c in connections], plan)
+
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
     limits = httpx.Limits(max_connections=plan["concurrency"], max_keepalive_connections=plan["concurrency"])
-    headers = {"Authorization": f"Bearer {plan['key']}"}
-    rng = random.Random(0)
     async with httpx.AsyncClient(base_url=plan["base_url"], headers=headers, limits=limits, timeout=30) as client:
 
-        async def one() -> httpx.Response:
+        async def send() -> int:
             if plan["method"] == "POST":
-                return await client.post(plan["path"], json=plan["body"])
-            path = plan["path"].replace("{id}", rng.choice(plan.get("ids") or [""]))
-            return await client.get(path, params=plan.get("params"))
+                return (await client.post(plan["path"], json=plan["body"])).status_code
+            return (await client.get(path(), params=plan.get("params"))).status_code
 
-        async def worker(deadline: float) -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await one()
-                latencies.append(time.perf_counter() - started)
-                if response.status_code >= 400:
-                    errors += 1
-
-        warm_until = time.perf_counter() + 1.0
-        await asyncio.gather(*(worker(warm_until) for _ in range(plan["concurrency"])))
-        latencies.clear()
-        errors = 0
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(began + plan["duration"]) for _ in range(plan["concurrency"])))
-        elapsed = time.perf_counter() - began
-    return figures(latencies, errors, elapsed)
+        return await measure([send] * plan["concurrency"], plan)
 
 
-async def _load_raw(plan: dict[str, Any]) -> dict[str, Any]:
-    """`_load` with one `RawConnection` per client."""
-    from urllib.parse import urlencode, urlsplit
-
-    target = urlsplit(plan["base_url"])
-    headers = {"Authorization": f"Bearer {plan['key']}"}
-    body = json.dumps(plan["body"]).encode() if plan["method"] == "POST" else b""
-    query = f"?{urlencode(plan['params'])}" if plan.get("params") else ""
-    rng = random.Random(0)
+async def measure(senders: list[Send], plan: dict[str, Any]) -> dict[str, Any]:
+    """Run each sender in a loop, one client each: a second to warm up, then `duration` seconds timed. Requests,
+    errors, requests/s, p50 and p99 of the timed part."""
     latencies: list[float] = []
     errors = 0
 
-    async def worker(connection: RawConnection, deadline: float) -> None:
+    async def client(send: Send, deadline: float) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
-            path = plan["path"].replace("{id}", rng.choice(plan.get("ids") or [""])) + query
             started = time.perf_counter()
-            status = await connection.request(plan["method"], path, body)
+            status = await send()
             latencies.append(time.perf_counter() - started)
             errors += status >= 400
 
-    connections = [RawConnection(target.hostname or "", target.port or 80, headers) for _ in range(plan["concurrency"])]
     warm_until = time.perf_counter() + 1.0
-    await asyncio.gather(*(worker(c, warm_until) for c in connections))
+    await asyncio.gather(*(client(send, warm_until) for send in senders))
     latencies.clear()
     errors = 0
     began = time.perf_counter()
-    await asyncio.gather(*(worker(c, began + plan["duration"]) for c in connections))
+    await asyncio.gather(*(client(send, began + plan["duration"]) for send in senders))
     elapsed = time.perf_counter() - began
-    return figures(latencies, errors, elapsed)
-
-
-def figures(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
-    """Requests, errors, requests/s, p50 and p99 of one phase."""
     ordered = sorted(latencies)
     return {
         "requests": len(ordered),
