@@ -82,7 +82,7 @@ def main() -> int:
             jobs[gpus] = response.json()["id"]
         running = wait_for(lambda: holding(client, jobs[2]), "both workers holding the 2-GPU job", box)
         print(f"while the 2-GPU job ran: {json.dumps(running)}", flush=True)
-        ended = {gpus: wait_for(lambda g=gpus: ended_job(client, jobs[g]), f"the {gpus}-GPU job", box) for gpus in jobs}
+        ended = {gpus: follow(key, base, job_id, box) for gpus, job_id in jobs.items()}
         result = report(client, jobs, ended)
         if args.out:
             args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -105,16 +105,13 @@ def holding(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
     return workers if list(workers.values()).count(job_id) == 2 else None
 
 
-def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    """GET /jobs/{id}."""
-    body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-    return body
-
-
-def ended_job(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
-    """The job once it has ended, else None."""
-    body = job(client, job_id)
-    return body if body["status"] in demo.TERMINAL else None
+def follow(key: str, base: str, job_id: str, box: subprocess.Popen[bytes], timeout_s: float = 300) -> dict[str, Any]:
+    """Follow a job to its end as `ftq up --demo` does (a line per change); fail if the box exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    final = demo.follow(base, key, job_id, lambda: box.poll() is not None or time.monotonic() > deadline)
+    if final is None:
+        raise RuntimeError(f"job {job_id} did not end (ftq up exit code: {box.poll()})")
+    return final
 
 
 def report(client: httpx.Client, jobs: dict[int, str], ended: dict[int, dict[str, Any]]) -> dict[str, Any]:
