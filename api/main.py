@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import checkpoints, evaluation, events, files, health, jobs, me, users, workers
 from api.routes.dashboard import mount_dashboard
+from shared.db import dispose_async_engines
 from shared.errors import FtqError
 from shared.reconciler import reconcile_once
 from shared.settings import get_settings
@@ -91,12 +92,13 @@ async def reconcile_forever() -> None:
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """Start the reconciler with the API and stop it on shutdown."""
+    """Start the reconciler with the API; on shutdown stop it and close the read routes' connections."""
     task = asyncio.create_task(reconcile_forever())
     yield
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
+    await dispose_async_engines()
 
 
 def create_app() -> FastAPI:

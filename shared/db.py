@@ -1,13 +1,16 @@
 """Engines and sessions, created lazily once per process (never shared across a fork)."""
 
+import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from shared.settings import get_settings
 
@@ -22,6 +25,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 _engines: dict[str, Engine] = {}
+_async_engines: dict[str, AsyncEngine] = {}
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -35,6 +39,36 @@ def get_engine(url: str | None = None) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         _engines[url] = engine
     return _engines[url]
+
+
+def async_url(url: str) -> str:
+    """The same database through an asyncio driver: aiosqlite for SQLite, psycopg's async side for PostgreSQL."""
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}.get(parsed.get_backend_name())
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+def get_async_engine(url: str | None = None) -> AsyncEngine:
+    """The asyncio engine for `url` (default: the configured database), one per process, for the API's read routes."""
+    url = url or get_settings().db_url
+    if url not in _async_engines:
+        if url.startswith("sqlite"):
+            # A file database opens in microseconds, and aiosqlite runs a thread per open connection that would keep
+            # the process alive if a pool held it: open one per session instead.
+            engine = create_async_engine(async_url(url), connect_args={"timeout": 10}, poolclass=NullPool)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            # Reads are not bounded by a thread pool: a larger pool keeps a burst of polls from opening (and forking
+            # PostgreSQL backends for) connections that are closed again as soon as the burst is over.
+            engine = create_async_engine(async_url(url), pool_pre_ping=True, pool_size=20, max_overflow=20)
+        _async_engines[url] = engine
+    return _async_engines[url]
+
+
+@cache
+def get_async_sessionmaker(url: str | None = None) -> async_sessionmaker[AsyncSession]:
+    """An asyncio session factory bound to `get_async_engine(url)`."""
+    return async_sessionmaker(get_async_engine(url), expire_on_commit=False)
 
 
 @cache
@@ -57,10 +91,31 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 def reset_engines(*, close: bool = True) -> None:
     """Forget this process's engines (after a fork, or when tests switch databases)."""
     get_sessionmaker.cache_clear()
+    get_async_sessionmaker.cache_clear()
     for engine in _engines.values():
         # After a fork the pooled connections belong to the parent: drop them without closing.
         engine.dispose(close=close)
+    for async_engine in _async_engines.values():
+        _dispose_async(async_engine, close=close)
     _engines.clear()
+    _async_engines.clear()
+
+
+def _dispose_async(engine: AsyncEngine, *, close: bool) -> None:
+    # Closing an asyncio connection needs an event loop: run one unless this thread is already inside one.
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        if close:
+            asyncio.run(engine.dispose())
+            return
+    engine.sync_engine.dispose(close=False)
+
+
+async def dispose_async_engines() -> None:
+    """Close the asyncio engines' pooled connections (when the API shuts down)."""
+    for engine in list(_async_engines.values()):
+        await engine.dispose()
 
 
 os.register_at_fork(after_in_child=lambda: reset_engines(close=False))

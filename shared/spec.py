@@ -354,9 +354,12 @@ class JobSpec(Strict):
     @field_validator("hyperparameters", "lora", "performance", "hub", "wandb")
     @classmethod
     def _training_only(cls, value: BaseModel | None, info: ValidationInfo) -> BaseModel | None:
-        # An evaluation job may carry these sections only as their defaults (what a stored spec holds).
-        default = cls.model_fields[str(info.field_name)].get_default(call_default_factory=True)
-        if info.data.get("kind") == "evaluation" and value != default:
+        # An evaluation job may carry these sections only as their defaults (what a stored spec holds). The kind is
+        # checked first: building a default costs more than the rest of validating a spec, and every job read
+        # validates its stored spec.
+        if info.data.get("kind") != "evaluation":
+            return value
+        if value != cls.model_fields[str(info.field_name)].get_default(call_default_factory=True):
             raise ValueError(TRAINING_ONLY)
         return value
 

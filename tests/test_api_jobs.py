@@ -1,9 +1,11 @@
 """The jobs API on SQLite and PostgreSQL, with the real Redis broker behind it."""
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -255,3 +257,32 @@ def test_a_job_without_an_evaluation_has_none_to_show(client: TestClient, spec: 
     response = client.get(f"/jobs/{job_id}/evaluation")
 
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_polls_are_answered_while_every_api_thread_is_taken(client: TestClient, spec: dict[str, Any]) -> None:
+    """Reading a job, the job list, a job's events and its checkpoints runs on the event loop, so sync routes that
+    hold their thread (a dry run waiting on a validation worker, a slow upload) cannot make polls wait behind them."""
+    job_id = client.post("/jobs", json=spec).json()["id"]
+    assert client.portal is not None
+    limiter = client.portal.call(anyio.to_thread.current_default_thread_limiter)
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    answers: list[int] = []
+
+    def poll() -> None:
+        for path in (f"/jobs/{job_id}", "/jobs", f"/jobs/{job_id}/events", f"/jobs/{job_id}/checkpoints"):
+            answers.append(client.get(path).status_code)
+
+    for borrower in borrowers:
+        client.portal.call(limiter.acquire_on_behalf_of, borrower)
+    try:
+        poller = threading.Thread(target=poll)
+        poller.start()
+        poller.join(timeout=30)
+        answered_while_taken = not poller.is_alive()
+    finally:
+        for borrower in borrowers:
+            client.portal.call(limiter.release_on_behalf_of, borrower)
+    poller.join()
+
+    assert answered_while_taken, "a poll waited for a worker thread"
+    assert answers == [200, 200, 200, 200]

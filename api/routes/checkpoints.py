@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from api.deps import CurrentUser, JobId, SessionDep, owner_scope
+from api.deps import AsyncCurrentUser, AsyncSessionDep, CurrentUser, JobId, SessionDep, owner_scope
 from api.errors_doc import COMMON, errors
 from api.schemas import MAX_INT32, CheckpointList, CheckpointRead
 from shared.artifacts import ADAPTER_FILE_PATTERNS
@@ -20,9 +21,13 @@ router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=errors(*COMMO
 
 
 @router.get("/{job_id}/checkpoints", responses=errors(404), response_model=CheckpointList)
-def list_job_checkpoints(job_id: JobId, session: SessionDep, user: CurrentUser) -> CheckpointList:
+async def list_job_checkpoints(job_id: JobId, session: AsyncSessionDep, user: AsyncCurrentUser) -> CheckpointList:
     """List a job's complete checkpoints by step."""
-    get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
+    return await session.run_sync(_checkpoints_of, job_id, owner_scope(user))
+
+
+def _checkpoints_of(session: Session, job_id: str, owner_id: str | None) -> CheckpointList:
+    get_job(session=session, job_id=job_id, owner_id=owner_id)
     data = [
         CheckpointRead(
             step=c.step,

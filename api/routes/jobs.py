@@ -6,7 +6,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import ID_PATTERN, AdminUser, CurrentUser, JobId, SessionDep, SettingsDep, owner_scope
+from api.deps import (
+    ID_PATTERN,
+    AdminUser,
+    AsyncCurrentUser,
+    AsyncSessionDep,
+    CurrentUser,
+    JobId,
+    SessionDep,
+    SettingsDep,
+    owner_scope,
+)
 from api.errors_doc import COMMON, errors
 from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
 from shared.errors import FtqError, InvalidInput
@@ -96,7 +106,7 @@ def create_fine_tune_job(
         earlier = reserve_key(session=session, owner_id=user.id, key=idempotency_key, fingerprint=fingerprint)
         if earlier is not None:
             response.headers["Idempotent-Replayed"] = "true"
-            return read_fine_tune_job(earlier, session, user)
+            return _job_as_shown(session, earlier, owner_scope(user))
     check_queue_limit(session, user, limits)
     job = _store_job(session, spec, user, idempotency_key)
     try:
@@ -144,9 +154,9 @@ def _dry_run(spec: JobSpec, owner_id: str, timeout_s: float) -> DryRun:
 
 
 @router.get("", response_model=JobList)
-def list_fine_tune_jobs(
-    session: SessionDep,
-    user: CurrentUser,
+async def list_fine_tune_jobs(
+    session: AsyncSessionDep,
+    user: AsyncCurrentUser,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[
         str | None, Query(pattern=ID_PATTERN, description="Id of the last job of the previous page.")
@@ -154,15 +164,26 @@ def list_fine_tune_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
-    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_scope(user))
+    return await session.run_sync(_page_of_jobs, limit, after, status, owner_scope(user))
+
+
+def _page_of_jobs(
+    session: Session, limit: int, after: str | None, status: JobStatus | None, owner_id: str | None
+) -> JobList:
+    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_id)
     places = queue_positions(session=session) if any(job.status is JobStatus.queued for job in jobs) else {}
     return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
-def read_fine_tune_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobRead:
+async def read_fine_tune_job(job_id: JobId, session: AsyncSessionDep, user: AsyncCurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    job = get_job(session=session, job_id=job_id, owner_id=owner_scope(user))
+    return await session.run_sync(_job_as_shown, job_id, owner_scope(user))
+
+
+def _job_as_shown(session: Session, job_id: str, owner_id: str | None) -> JobRead:
+    """The job as the API shows it, with its place in the queue while it waits."""
+    job = get_job(session=session, job_id=job_id, owner_id=owner_id)
     place = queue_positions(session=session).get(job.id) if job.status is JobStatus.queued else None
     return JobRead.from_job(job, place)
 
