@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from shared.settings import get_settings
 
@@ -53,9 +52,10 @@ def get_async_engine(url: str | None = None) -> AsyncEngine:
     url = url or get_settings().db_url
     if url not in _async_engines:
         if url.startswith("sqlite"):
-            # A file database opens in microseconds, and aiosqlite runs a thread per open connection that would keep
-            # the process alive if a pool held it: open one per session instead.
-            engine = create_async_engine(async_url(url), connect_args={"timeout": 10}, poolclass=NullPool)
+            # Pooled: opening an aiosqlite connection starts its thread and runs the pragmas, which cost a poll more
+            # than its query. Each pooled connection keeps a (non-daemon) thread, so the API closes them on shutdown
+            # (`dispose_async_engines`), as `reset_engines` does.
+            engine = create_async_engine(async_url(url), connect_args={"timeout": 10})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             # Reads are not bounded by a thread pool: a larger pool keeps a burst of polls from opening (and forking
