@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(15.0, gt=0, validation_alias="FTQ_RECONCILE_INTERVAL")
     redispatch_after_s: float = Field(300.0, gt=0, validation_alias="FTQ_REDISPATCH_AFTER")
     cancel_grace_s: float = Field(60.0, ge=0.0, validation_alias="FTQ_CANCEL_GRACE")
-    # A training worker keeps one trainer process started ahead, its imports done, for the next job.
+    # A training worker keeps one trainer process started ahead, its imports done, for the next job: while it is
+    # idle, and while a job trains and another waits.
     spare_trainer: bool = Field(True, validation_alias="FTQ_SPARE_TRAINER")
     # Fernet keys (comma-separated, newest first) that encrypt users' stored tokens; default: `secret.key`
     # in the data dir, made on first use, which suits one box where API and workers share the data dir.

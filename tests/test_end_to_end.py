@@ -228,7 +228,7 @@ def test_twenty_concurrent_posts_with_one_idempotency_key_create_one_job(
 
 
 @pytest.mark.parametrize("api", ["sqlite"], indirect=True)  # the spare does not touch the database's kind
-def test_a_job_waiting_behind_another_is_trained_by_the_spare_started_meanwhile_and_shows_its_job(
+def test_jobs_are_trained_by_spares_kept_while_idle_and_started_while_one_trains_and_show_their_job(
     api: StackClient, tiny_model: Path, train_file: Path
 ) -> None:
     spec = {
@@ -253,4 +253,4 @@ def test_a_job_waiting_behind_another_is_trained_by_the_spare_started_meanwhile_
     assert "loss" in log, "the spare's own output went to the attempt's log"
     assert seen_pids, "the spare took the job's title"
     first_log = (api.stack.settings.jobs_dir / first_id / "attempt-1.log").read_text()
-    assert "taken by spare trainer" not in first_log, "nothing was waiting before the first job: it started cold"
+    assert f"job {first_id} attempt 1 taken by spare trainer" in first_log, "an idle worker keeps a spare ready"

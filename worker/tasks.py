@@ -263,13 +263,16 @@ def _record_exit(job_id: str, attempt: int, code: int) -> bool:
 
 
 @worker_process_init.connect
-def warm_up_validation(**_kwargs: Any) -> None:
-    """In a validation worker's pool process, import the validation stack as the process starts (in the background:
-    it takes seconds, and Celery waits only a few for a new process), so the first job after a start is checked as
-    fast as the next. A training worker's process stays light: its trainers import in their own processes."""
-    if get_settings().validate_queue_name not in {queue.name for queue in app.amqp.queues.consume_from.values()}:
-        return
-    threading.Thread(target=importlib.import_module, args=("worker.validation",), daemon=True).start()
+def warm_up(**_kwargs: Any) -> None:
+    """As a pool process starts, get its first job's imports done ahead. A validation worker's imports the validation
+    stack (in the background: it takes seconds, and Celery waits only a few for a new process), so the first job
+    after a start is checked as fast as the next. A training worker's stays light (its trainers import in their own
+    processes): it starts a spare trainer, so that its first job does not wait for them either."""
+    settings = get_settings()
+    if settings.validate_queue_name in {queue.name for queue in app.amqp.queues.consume_from.values()}:
+        threading.Thread(target=importlib.import_module, args=("worker.validation",), daemon=True).start()
+    elif settings.spare_trainer:
+        _keep_a_spare()
 
 
 @worker_shutting_down.connect
@@ -301,6 +304,8 @@ def run_job(self: Any, job_id: str) -> None:
         _run_attempt(claim, worker)
         claim = _claim(worker)  # nothing once this worker is stopping (its registry row says so)
         _ring_for_others(worker, job_id)  # GPUs this attempt held may let jobs start on other workers too
+    if get_settings().spare_trainer:
+        _keep_a_spare()  # idle now: the next job this worker starts is taken by a trainer with its imports done
 
 
 def _ring_for_others(worker: str, job_id: str) -> None:
