@@ -6,7 +6,8 @@
 # lacks: pydantic (shared/spec.py) and, depending on how far worker/ defers its database imports, pydantic-settings
 # and python-dotenv (shared/settings.py), SQLAlchemy (shared/db.py, shared/models.py) and cryptography
 # (shared/vault.py), with their own needs; they are all carried so either state of the code runs. bench/gpu_box.py
-# runs the whole service (`ftq up`: FastAPI, Celery on its embedded broker, alembic), so those come too (about 8 MB).
+# runs the whole service (`ftq up`: FastAPI with aiosqlite, Celery on its embedded broker, alembic), so those come too
+# (about 8 MB).
 # The training stack comes to about 70 MB against the 64 MiB the tool carries, so the bitsandbytes wheel (43 MB, one
 # library per CUDA and ROCm version) is cut down to its CPU and CUDA 13 libraries (the image's torch is cu130): about
 # 43 MB in all. Liger stays: ftq's worker turns its kernels on by itself on CUDA when the package is there.
@@ -23,7 +24,7 @@ cd "$root"
   wcwidth==0.9.4 python-dateutil==2.9.0.post0 six==1.17.0 tzdata==2026.6 tzlocal==5.4.5 redis==8.1.0 httpx==0.28.1 \
   httpcore==1.0.9 certifi==2026.10.19.post1 python-multipart==0.0.34 PyYAML==6.0.4 rich==15.0.0 \
   markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0 setproctitle==1.3.8 greenlet==3.5.6 opentelemetry-api==1.45.2 \
-  importlib-metadata==10.2.0 zipp==4.1.2 "$@"
+  importlib-metadata==10.2.0 zipp==4.1.2 aiosqlite==0.22.1 "$@"
 python3 - <<'EOF'
 import pathlib
 import re

@@ -1,11 +1,12 @@
 """Time from `POST /jobs` to `running` on an idle stack (PostgreSQL, Redis, the API, a validation worker and a
-training worker, as `ftq up` starts them): validation, the Redis hop and the claim. Model loading comes after
-`running` and is not counted.
+training worker, as `ftq up` starts them): validation, the Redis hop and the claim; then from `running` to the
+first step's progress event: the trainer's imports (none when a spare trainer took the job), loading the model and
+rows, and the step itself.
 
-    .venv/bin/python bench/queue_latency.py --jobs 5
+    .venv/bin/python bench/queue_latency.py --jobs 5 --gap 15
 
-Each job is a one-step job on the tiny local model; the next is submitted once the last one ended, so every
-job finds the workers idle. Times come from the job's own timestamps and events (the database's clock).
+Each job is a one-step job on the tiny local model; the next is submitted `--gap` seconds after the last one ended,
+so every job finds the workers idle. Times come from the job's own timestamps and events (the database's clock).
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main() -> int:
     """Start a stack, time N jobs from POST to running, stop everything."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--gap", type=float, default=3.0, help="seconds between a job's end and the next POST")
     args = parser.parse_args()
 
     import httpx
@@ -68,8 +70,9 @@ def main() -> int:
     spec = {
         "base_model": str(model),
         "dataset": {"id": str(rows), "max_rows": 64},
-        "hyperparameters": {"batch_size": 4, "max_length": 320, "max_steps": 1},
+        "hyperparameters": {"batch_size": 4, "max_length": 320, "max_steps": 1, "logging_steps": 1},
     }
+    jobs_dir = Settings().jobs_dir
     results = []
     try:
         stack.start()
@@ -83,7 +86,7 @@ def main() -> int:
                     time.sleep(0.2)
             time.sleep(5)  # let both workers finish starting: the bench measures idle workers, not cold ones
             for n in range(args.jobs + 1):  # the first job warms the workers' imports and is not counted
-                time.sleep(3)  # the last job's trainer process exits after its outcome is written: let it go
+                time.sleep(args.gap)  # the last job's trainer exits after its outcome is written: let it go
                 # A row count of its own, so validation cannot reuse an earlier job's cached tokenization.
                 created = client.post("/jobs", json={**spec, "dataset": {**spec["dataset"], "max_rows": 64 + n}})
                 if created.status_code != 201:
@@ -96,12 +99,15 @@ def main() -> int:
                 queued = next(
                     e["created_at"] for e in events if e["type"] == "status" and e["data"].get("status") == "queued"
                 )
+                first_step = next(e["created_at"] for e in events if e["type"] == "progress")
                 row = {
                     "job": job["id"],
                     "status": job["status"],
                     "post_to_queued_s": round(seconds(queued, job["created_at"]), 3),
                     "queued_to_running_s": round(seconds(job["started_at"], queued), 3),
                     "post_to_running_s": round(seconds(job["started_at"], job["created_at"]), 3),
+                    "running_to_first_step_s": round(seconds(first_step, job["started_at"]), 3),
+                    "spare": "taken by spare trainer" in (jobs_dir / job["id"] / "attempt-1.log").read_text(),
                 }
                 if n:
                     results.append(row)
@@ -111,7 +117,7 @@ def main() -> int:
         redis.Redis.from_url(REDIS_URL).delete(queue, f"{queue}-validate")
         drop_database(url)
 
-    for name in ("post_to_queued_s", "queued_to_running_s", "post_to_running_s"):
+    for name in ("post_to_queued_s", "queued_to_running_s", "post_to_running_s", "running_to_first_step_s"):
         values = [r[name] for r in results]
         print(f"{name}: median {statistics.median(values):.3f} s, max {max(values):.3f} s")
     return 0
