@@ -186,6 +186,24 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
     return out
 
 
+def spare_pids(data_dir: Path) -> list[int]:
+    """Pids of live spare trainers (`worker.runner --spare`, not yet given a job) of the stack using `data_dir`."""
+    needle = f"FTQ_DATA_DIR={data_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if b"worker.runner" in args and b"--spare" in args and needle in environ and "State:\tZ" not in status:
+            pids.append(int(entry.name))
+    return pids
+
+
 def trainer_pids(job_id: str) -> list[int]:
     """Pids of live `worker.runner` processes training this job (started for it, or a spare that took it and
     retitled itself)."""

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import StackClient, read_sse, trainer_pids, wait_for_end, wait_until
+from tests.services import StackClient, read_sse, spare_pids, trainer_pids, wait_for_end, wait_until
 
 pytestmark = [pytest.mark.training, pytest.mark.redis]
 BATCH = 8
@@ -254,3 +254,10 @@ def test_jobs_are_trained_by_spares_kept_while_idle_and_started_while_one_trains
     assert seen_pids, "the spare took the job's title"
     first_log = (api.stack.settings.jobs_dir / first_id / "attempt-1.log").read_text()
     assert f"job {first_id} attempt 1 taken by spare trainer" in first_log, "an idle worker keeps a spare ready"
+
+    # Both spares are spent: once the worker is idle again it starts the next one without waiting for a job.
+    wait_until(lambda: bool(spare_pids(api.stack.settings.data_path)), timeout_s=60, what="a spare on the idle worker")
+    third_id = submit(api, spec)["id"]
+    assert wait_for_end(api, third_id)["status"] == "succeeded"
+    third_log = (api.stack.settings.jobs_dir / third_id / "attempt-1.log").read_text()
+    assert f"job {third_id} attempt 1 taken by spare trainer" in third_log, "the worker kept a spare after its jobs"
