@@ -186,28 +186,9 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
     return out
 
 
-def spare_pids(data_dir: Path) -> list[int]:
-    """Pids of live spare trainers (`worker.runner --spare`, not yet given a job) of the stack using `data_dir`."""
-    needle = f"FTQ_DATA_DIR={data_dir}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        if b"worker.runner" in args and b"--spare" in args and needle in environ and "State:\tZ" not in status:
-            pids.append(int(entry.name))
-    return pids
-
-
-def trainer_pids(job_id: str) -> list[int]:
-    """Pids of live `worker.runner` processes training this job (started for it, or a spare that took it and
-    retitled itself)."""
-    pids = []
+def _live_runners() -> Iterator[tuple[Path, list[bytes]]]:
+    """Live (not zombie) `worker.runner` processes: their /proc entry and command-line words (split on NULs and
+    spaces: a spare that took a job retitles itself into one string)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -216,9 +197,30 @@ def trainer_pids(job_id: str) -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if b"worker.runner" in args and job_id.encode() in args and "State:\tZ" not in status:
+        if b"worker.runner" in args and "State:\tZ" not in status:
+            yield entry, args
+
+
+def spare_pids(data_dir: Path) -> list[int]:
+    """Pids of live spare trainers (`worker.runner --spare`, not yet given a job) of the stack using `data_dir`."""
+    needle = f"FTQ_DATA_DIR={data_dir}".encode()
+    pids = []
+    for entry, args in _live_runners():
+        if b"--spare" not in args:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
             pids.append(int(entry.name))
     return pids
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Pids of live `worker.runner` processes training this job (started for it, or a spare that took it and
+    retitled itself)."""
+    return [int(entry.name) for entry, args in _live_runners() if job_id.encode() in args]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 120, what: str = "condition") -> None:
