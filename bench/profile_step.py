@@ -147,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-steps-other", type=int, help="recorded steps of the other variants' (3; tiny: 1)")
     p.add_argument("--variant-warmup", type=int, help="steps after switching variant, before timing (2; tiny: 1)")
     p.add_argument("--liger", choices=["off", "on", "both"], default="both", help="builds to run (on: if importable)")
+    p.add_argument("--compile", action="store_true", help="build with performance.compile: true (each decoder layer)")
     p.add_argument("--variants", default="ABC", help="variants of the Liger-off build, in order (letters of ABC)")
     p.add_argument("--liger-variants", default="AC", help="variants of the Liger-on build")
     p.add_argument(
@@ -758,7 +759,9 @@ def run_build(
 
     plan = make_plan(args, args.liger_variants if liger else args.variants)
     total_steps = sum(ph["steps"] for ph in plan)
-    ns = argparse.Namespace(steps=total_steps, batch=args.batch, ftq_performance={"liger": liger})
+    ns = argparse.Namespace(
+        steps=total_steps, batch=args.batch, accumulation=1, ftq_performance={"liger": liger, "compile": args.compile}
+    )
     if cuda:
         gc.collect()
         torch.cuda.empty_cache()
@@ -770,6 +773,7 @@ def run_build(
     hooks = install(trainer, sw)
     result: dict[str, Any] = {
         "liger_asked": liger,
+        "compile": args.compile,
         "use_liger_kernel": bool(trainer.args.use_liger_kernel),
         "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
         "optim": str(trainer.args.optim),
@@ -870,7 +874,7 @@ def summary_text(result: dict[str, Any]) -> str:
         "",
     ]
     for b in result["builds"]:
-        tag = f"liger {'on' if b['use_liger_kernel'] else 'off'}"
+        tag = f"liger {'on' if b['use_liger_kernel'] else 'off'}" + (", compiled" if b.get("compile") else "")
         lines.append(
             f"## {tag} (optim {b['optim']}, grad ckpt {'on' if b['gradient_checkpointing'] else 'off'}, "
             f"build {b['build_s']} s, peak {b.get('peak_gb')} GB)"

@@ -1,6 +1,6 @@
 """The worker's speed choices: what `auto` picks from free memory, that pinned choices win, that a cached
-dequantized weight and the lean optimizer step compute exactly what bitsandbytes computes, and that token counts
-stay on the device until read."""
+dequantized weight computes exactly what bitsandbytes computes, and that token counts stay on the device until read.
+The lean optimizer step's exactness is in test_lean_optimizer.py."""
 
 from typing import Any
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.spec import JobSpec
-from worker.performance import GB, ModelShape, cache_dequantized_weights, lean_optimizer_step, plan_performance
+from worker.performance import GB, ModelShape, cache_dequantized_weights, plan_performance
 from worker.progress import TokenCounter
 
 LLAMA_8B = ModelShape(hidden_size=4096, num_layers=32, vocab_size=128256, quantized_params=6_979_321_856)
@@ -143,39 +143,6 @@ def test_the_lean_optimizer_step_is_planned_on_cuda_for_bitsandbytes_optimizers_
     )
     assert "lean optimizer step on" in course.describe()
     assert other.reasons["lean_optimizer"] == "adamw_torch is not a bitsandbytes optimizer"
-
-
-@pytest.mark.parametrize("optimizer", ["PagedAdamW32bit", "PagedAdamW8bit"])
-def test_the_lean_optimizer_step_updates_exactly_as_bitsandbytes_does(optimizer: str) -> None:
-    # On the CPU bitsandbytes' sync is a no-op: this proves the loop kept every update in order (the H200 bench
-    # proves the loss curve unchanged on CUDA).
-    import bitsandbytes as bnb
-
-    torch.manual_seed(0)
-    shapes = [(64, 32), (32, 64), (300, 400)]  # LoRA-like pairs, and one above bitsandbytes' 8-bit size floor
-    grads = [[torch.randn(shape) for shape in shapes] for _ in range(5)]
-    start = [torch.randn(shape) for shape in shapes]
-    runs = []
-    for lean in (False, True):
-        params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
-        opt = getattr(bnb.optim, optimizer)(params, lr=1e-2, weight_decay=0.001)
-        if lean:
-            assert lean_optimizer_step(opt)
-        for step_grads in grads:
-            for param, grad in zip(params, step_grads, strict=True):
-                param.grad = grad.clone()
-            opt.step()
-        runs.append([param.detach().clone() for param in params])
-
-    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
-    assert not torch.equal(runs[1][0], start[0]), "the parameters moved"
-
-
-def test_the_lean_optimizer_step_leaves_other_optimizers_alone() -> None:
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
-
-    assert lean_optimizer_step(opt) is False
-    assert "step" not in vars(opt)
 
 
 def test_token_counts_accumulate_on_the_device_and_reach_the_host_on_read() -> None:

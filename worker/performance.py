@@ -8,12 +8,12 @@ None of the choices changes the arithmetic of an optimizer step at the spec's ow
 - a cached dequantized weight is exactly what bitsandbytes dequantizes on every forward and backward
   (`dequantize_4bit(W).to(compute dtype)`, then a plain matmul), computed once because the base is frozen;
 - a micro-batch with gradient accumulation (opt-in) keeps the effective batch;
-- a lean bitsandbytes optimizer step queues the same kernels in the same order, only without waiting for each.
+- a lean bitsandbytes optimizer step (`worker.lean_optimizer`) computes the same updates with fewer launches and
+  no wait per parameter.
 """
 
 import functools
 import importlib.util
-import types
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -225,46 +225,6 @@ def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
             module.__class__ = cached_dequantized_class()
             total += dequantized.numel() * dequantized.element_size()
     return total
-
-
-@torch.no_grad()
-def _step_without_parameter_syncs(self: Any, closure: Any = None) -> Any:
-    """bitsandbytes 0.50's `Optimizer8bit.step`, less the `sync_gpu` after each parameter: each update is a kernel
-    queued on the one stream, in the same order, so nothing reads a result early. Paged state is still synchronized
-    once at the end, as bitsandbytes does after prefetching it asynchronously."""
-    from bitsandbytes.utils import sync_gpu
-
-    loss = None
-    if closure is not None:
-        with torch.enable_grad():
-            loss = closure()
-    if not self.initialized:
-        self.check_overrides()
-        self.to_gpu()
-        self.initialized = True
-    p = None
-    for gindex, group in enumerate(self.param_groups):
-        for pindex, p in enumerate(group["params"]):
-            if p.grad is None:
-                continue
-            if len(self.state[p]) == 0:
-                self.init_state(group, p, gindex, pindex)
-            self.prefetch_state(p)
-            self.update_step(group, p, gindex, pindex)
-    if self.is_paged and p is not None:
-        sync_gpu(p)
-    return loss
-
-
-def lean_optimizer_step(optimizer: Any) -> bool:
-    """Give a bitsandbytes optimizer the step without per-parameter synchronizations; False (unchanged) for any
-    other optimizer, or a bitsandbytes release whose step this was not checked against."""
-    import bitsandbytes as bnb
-
-    if not isinstance(optimizer, bnb.optim.optimizer.Optimizer8bit) or not bnb.__version__.startswith("0.50."):
-        return False
-    optimizer.step = types.MethodType(_step_without_parameter_syncs, optimizer)
-    return True
 
 
 def compile_decoder_layers(model: Any) -> int:

@@ -17,12 +17,12 @@ from worker.data import DatasetStats, load_pairs, tokenize_pairs
 from worker.distributed import RankSync
 from worker.evaluation import evaluate, load_scored_rows
 from worker.hub import HubPublisher
+from worker.lean_optimizer import lean_optimizer_step
 from worker.model_card import render_model_card
 from worker.performance import (
     cache_dequantized_weights,
     compile_decoder_layers,
     free_memory,
-    lean_optimizer_step,
     liger_available,
     model_shape,
     plan_performance,
