@@ -6,6 +6,11 @@ weights, saved once and loaded through `from_pretrained` like a real checkpoint)
 non-pad tokens/s, seconds per step, peak GPU memory, time to first step, MFU (CUDA only), the logged loss of
 the first 50 steps, and the ratio to the reference. The whole result goes to a JSON file (`--out`).
 
+The ratio is taken twice: over the timed steps' mean (tokens/s), and over their median step (the steady state).
+They part when a path stalls for seconds on a few steps (`stalls`: steps over 4x the median; seen on a fresh
+machine in the first process, on the same steps of both paths when each ran in its own process): a long job pays
+such a stall once, a 50-step run pays it on a tenth of its steps.
+
     python bench/train_throughput.py --shape tiny --steps 3 --warmup 1     # CPU, seconds
     python bench/train_throughput.py --shape 8b --steps 50 --warmup 5      # one GPU (see bench/README.md)
 
@@ -45,6 +50,7 @@ TEMPLATE = "Price is $"
 TOKENIZER_VOCAB = 8192
 TOKENIZER_ROWS = 2000  # rows the BPE tokenizer is trained on
 LOSS_STEPS = 50
+STALL_FACTOR = 4  # a step over 4x the median is a stall (seconds, not the few percent steps vary by)
 PROGRESS_INTERVAL_S = 1.0  # the worker's default FTQ_PROGRESS_INTERVAL
 SHARED_ROWS = REPO.parent / "shared" / "data" / "pricer" / "train.jsonl"
 REPO_ROWS = REPO / "examples" / "data" / "pricer-400.jsonl"
@@ -550,11 +556,15 @@ def measure(
     tokens_per_s = timed_tokens / timed_s
     flops_per_token = 4 * flop_params + 6 * trainable  # frozen base: forward + input grads; LoRA: + weight grads
     losses = [r["loss"] for r in rows][:LOSS_STEPS]
+    median = statistics.median(intervals)
+    stalls = [interval for interval in intervals if interval > STALL_FACTOR * median]
     result = {
         "path": name,
         "tokens_per_s": round(tokens_per_s, 1),
         "step_s": round(timed_s / (steps - w), 4),
-        "step_s_median": round(statistics.median(intervals), 4),
+        "step_s_median": round(median, 4),
+        "stalls": len(stalls),
+        "stall_s": round(sum(stalls), 2),
         "peak_gb": round(peak_bytes / GIB, 2) if cuda else None,
         "peak_reserved_gb": round(reserved_bytes / GIB, 2) if cuda else None,
         "start_gb": round(start_bytes / GIB, 2) if cuda else None,
@@ -604,10 +614,12 @@ def compare(paths: list[dict[str, Any]]) -> None:
     steps trained on the same batch as the reference's (None where there is nothing to compare with)."""
     ref = next((p for p in paths if p["path"] == "reference"), None)
     for p in paths:
-        p.update(ratio=None, max_loss_diff=None, same_batches=None)
+        p.update(ratio=None, ratio_median=None, max_loss_diff=None, same_batches=None)
         if ref is None:
             continue
         p["ratio"] = round(p["tokens_per_s"] / ref["tokens_per_s"], 3)
+        steady = p["tokens_per_step"] / p["step_s_median"], ref["tokens_per_step"] / ref["step_s_median"]
+        p["ratio_median"] = round(steady[0] / steady[1], 3)
         if p is ref:
             continue
         pairs = list(zip(p["losses"], ref["losses"], strict=False))
@@ -623,16 +635,16 @@ def table(paths: list[dict[str, Any]], cuda: bool) -> str:
     def fmt(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    head = ["path", "tokens/s", "s/step", "peak GB", "first-step s"] + (["MFU"] if cuda else []) + ["grad ckpt"]
-    head += ["ratio", "max loss diff", "same batches"]
+    head = ["path", "tokens/s", "s/step", "median s/step", "stalls (s)", "peak GB", "first-step s"]
+    head += (["MFU"] if cuda else []) + ["grad ckpt", "ratio", "ratio (median)", "max loss diff", "same batches"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in paths:
-        cells = [p["path"], fmt(p["tokens_per_s"], ",.0f"), fmt(p["step_s"], ".3f"), fmt(p["peak_gb"], ".2f")]
-        cells.append(fmt(p["first_step_s"], ".1f"))
+        cells = [p["path"], fmt(p["tokens_per_s"], ",.0f"), fmt(p["step_s"], ".3f"), fmt(p["step_s_median"], ".3f")]
+        cells += [f"{p['stalls']} ({p['stall_s']:.1f})", fmt(p["peak_gb"], ".2f"), fmt(p["first_step_s"], ".1f")]
         if cuda:
             cells.append(fmt(p["mfu"], ".1%"))
         cells.append("on" if p["gradient_checkpointing"] else "off")
-        cells += [fmt(p["ratio"], ".3f"), fmt(p["max_loss_diff"], ".2e")]
+        cells += [fmt(p["ratio"], ".3f"), fmt(p["ratio_median"], ".3f"), fmt(p["max_loss_diff"], ".2e")]
         cells.append("-" if p["same_batches"] is None else f"{p['same_batches']}/{len(p['per_step'])}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

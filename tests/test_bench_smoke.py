@@ -22,6 +22,9 @@ PATH_KEYS = {
     "path",
     "tokens_per_s",
     "step_s",
+    "step_s_median",
+    "stalls",
+    "stall_s",
     "peak_gb",
     "first_step_s",
     "setup_s",
@@ -33,6 +36,7 @@ PATH_KEYS = {
     "losses",
     "per_step",
     "ratio",
+    "ratio_median",
     "max_loss_diff",
     "same_batches",
 }
@@ -98,3 +102,5 @@ def test_reference_and_ftq_train_on_the_same_batches_with_the_same_loss(result: 
     assert reference["losses"][0] == pytest.approx(ftq["losses"][0], abs=LOSS_TOLERANCE)
     assert ftq["max_loss_diff"] <= LOSS_TOLERANCE
     assert ftq["ratio"] == pytest.approx(ftq["tokens_per_s"] / reference["tokens_per_s"], abs=1e-3)
+    steady = [p["tokens_per_step"] / p["step_s_median"] for p in (ftq, reference)]
+    assert ftq["ratio_median"] == pytest.approx(steady[0] / steady[1], abs=1e-3)
