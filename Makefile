@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= .ftq-data
 PORT ?= 8000
+# The suite on one pytest process per core, at most four (each runs its own stacks of API, workers and trainers).
+# PYTEST_WORKERS= (empty) runs it in one process.
+PYTEST_WORKERS ?= --numprocesses=auto --maxprocesses=4 --dist=worksteal
 
 .PHONY: install run test lint browser
 
@@ -30,4 +33,4 @@ browser:
 	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
 
 test: lint browser
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest --durations=15
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest $(PYTEST_WORKERS) --durations=15

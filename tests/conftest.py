@@ -238,6 +238,6 @@ def api(
 @pytest.fixture(scope="session")
 def pg_api(tmp_path_factory: pytest.TempPathFactory, local_root: Path, tiny_model: Path) -> Iterator[StackClient]:
     """A running stack on PostgreSQL, the team setup, shared by the modules that break a part of it and mend it
-    before they end (a killed worker restarted, Redis restarted): each leaves it running with no job in flight."""
+    before they end (a killed worker restarted): each leaves it running with no job in flight."""
     with stack_client("postgres", tmp_path_factory.mktemp("stack-pg"), local_root) as client:
         yield client

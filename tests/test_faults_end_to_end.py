@@ -1,7 +1,6 @@
 """Faults between the API, the broker and the workers, on PostgreSQL and Redis with real training:
 an API that died between commit and publish, a job published twice, messages lost to a Redis flush."""
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ from shared.jobs import create_job
 from shared.models import User
 from shared.queue import RUN_JOB_TASK
 from shared.spec import JobSpec
-from tests.conftest import REDIS_URL, clear_caches
+from tests.conftest import REDIS_URL, clear_caches, stack_client
 from tests.services import StackClient, wait_for_end, wait_until
+from tests.throwaway_redis import throwaway_redis
 
 pytestmark = [pytest.mark.training, pytest.mark.redis, pytest.mark.postgres]
 
@@ -82,56 +82,21 @@ def test_messages_lost_to_a_redis_flush_are_replaced(pg_api: StackClient, tiny_m
     assert job["status"] == "succeeded" and job["attempt"] == 1
 
 
-def restart_redis() -> None:
-    """Stop the local Redis server (it keeps nothing on disk here) and start it again as .ci/run does."""
-    client = redis.Redis.from_url(REDIS_URL)
-    for folder in ("/var/lib/redis", "/var/log/redis"):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    try:
-        client.shutdown(nosave=True)
-    except redis.exceptions.ConnectionError:
-        pass  # the server closes the connection as it goes
-    subprocess.run(
-        [
-            "redis-server",
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "-::1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/var/lib/redis",
-            "--logfile",
-            "/var/log/redis/ci.log",
-        ],
-        check=True,
-    )
-    wait_until(lambda: _pings(client), timeout_s=30, what="Redis to come back")
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
-
-
 def test_the_workers_keep_consuming_after_redis_restarts_under_a_running_job(
-    pg_api: StackClient, tiny_model: Path, train_file: Path
+    tmp_path: Path, local_root: Path, tiny_model: Path, train_file: Path
 ) -> None:
-    spec = short_spec(tiny_model, train_file)
-    spec["hyperparameters"]["max_steps"] = 12
-    running = pg_api.post("/jobs", json=spec).json()["id"]
-    wait_until(lambda: pg_api.get(f"/jobs/{running}").json()["status"] == "running", what="training to start")
+    # A Redis of this test's own: restarting the local one would cut off the tests running beside it.
+    with (
+        throwaway_redis() as broker,
+        stack_client("postgres", tmp_path / "stack", local_root, {"BROKER_URL": broker.url}) as api,
+    ):
+        spec = short_spec(tiny_model, train_file)
+        spec["hyperparameters"]["max_steps"] = 12
+        running = api.post("/jobs", json=spec).json()["id"]
+        wait_until(lambda: api.get(f"/jobs/{running}").json()["status"] == "running", what="training to start")
 
-    restart_redis()
-    after = pg_api.post("/jobs", json=short_spec(tiny_model, train_file)).json()["id"]
+        broker.restart()
+        after = api.post("/jobs", json=short_spec(tiny_model, train_file)).json()["id"]
 
-    assert wait_for_end(pg_api, running)["status"] == "succeeded"
-    assert wait_for_end(pg_api, after)["status"] == "succeeded", "validation and GPU workers took new messages"
+        assert wait_for_end(api, running)["status"] == "succeeded"
+        assert wait_for_end(api, after)["status"] == "succeeded", "validation and GPU workers took new messages"
