@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from shared.db import session_scope
 from shared.jobs import cancel_job, create_job, get_job, pass_validation
 from shared.models import JobStatus, User, utcnow
 from shared.spec import JobSpec
+from shared.workers import register_worker, stop_worker
 from worker import tasks
 from worker.runner import parse_handoff
 from worker.tasks import _record_exit, supervise
@@ -201,3 +203,33 @@ def test_a_spare_reads_its_job_from_one_line_whose_log_path_may_hold_spaces(
     line: str, expected: tuple[str, int, Path] | None
 ) -> None:
     assert parse_handoff(line) == expected
+
+
+@pytest.fixture
+def no_spare() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The task module's spare list, empty before the test; any spare the test started is killed after it."""
+    tasks._spare.clear()
+    yield tasks._spare
+    for spare in tasks._spare:
+        spare.kill()
+        spare.wait()
+    tasks._spare.clear()
+
+
+def test_a_worker_keeps_a_spare_after_its_jobs_unless_it_is_shutting_down(
+    env: dict[str, str], no_spare: list[subprocess.Popen[bytes]]
+) -> None:
+    def registered(stopped: bool) -> None:
+        with session_scope() as session:
+            register_worker(session=session, name="gpu0@box", kind="gpu", hostname="box", gpu="0", gpu_name=None, pid=1)
+            if stopped:
+                stop_worker(session=session, name="gpu0@box", pid=1)
+            session.commit()
+
+    registered(stopped=True)  # SIGTERM: the main process marked the worker stopped before its task ended
+    tasks._idle("gpu0@box")
+    assert no_spare == [], "no spare for a worker on its way out"
+
+    registered(stopped=False)
+    tasks._idle("gpu0@box")
+    assert len(no_spare) == 1 and no_spare[0].poll() is None, "an idle worker keeps one for its next job"

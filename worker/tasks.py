@@ -37,6 +37,7 @@ from shared.scheduling import jobs_waiting
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from shared.users import get_user
+from shared.workers import is_stopped
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_TEMPFAIL
@@ -304,8 +305,18 @@ def run_job(self: Any, job_id: str) -> None:
         _run_attempt(claim, worker)
         claim = _claim(worker)  # nothing once this worker is stopping (its registry row says so)
         _ring_for_others(worker, job_id)  # GPUs this attempt held may let jobs start on other workers too
-    if get_settings().spare_trainer:
-        _keep_a_spare()  # idle now: the next job this worker starts is taken by a trainer with its imports done
+    _idle(worker)
+
+
+def _idle(worker: str) -> None:
+    """After this worker's last job: start a spare trainer, so that its next job is taken by one with its imports
+    done; none once the worker has begun to shut down (the spare would be killed half-imported)."""
+    if not get_settings().spare_trainer:
+        return
+    with session_scope() as session:
+        stopping = is_stopped(session=session, name=worker)
+    if not stopping:
+        _keep_a_spare()
 
 
 def _ring_for_others(worker: str, job_id: str) -> None:
