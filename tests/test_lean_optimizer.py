@@ -132,3 +132,10 @@ def test_a_checkpoint_resumes_exactly_whichever_step_saved_or_loads_it(saved_by:
     train(second, resumed, grads[3:])
 
     assert same(snapshot(resumed), snapshot(straight))
+
+
+def test_other_optimizers_are_left_alone() -> None:
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+
+    assert lean_optimizer_step(optimizer) is False
+    assert "step" not in vars(optimizer)
