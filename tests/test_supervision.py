@@ -227,9 +227,9 @@ def test_a_worker_keeps_a_spare_after_its_jobs_unless_it_is_shutting_down(
             session.commit()
 
     registered(stopped=True)  # SIGTERM: the main process marked the worker stopped before its task ended
-    tasks._idle("gpu0@box")
+    tasks._keep_a_spare("gpu0@box")
     assert no_spare == [], "no spare for a worker on its way out"
 
     registered(stopped=False)
-    tasks._idle("gpu0@box")
+    tasks._keep_a_spare("gpu0@box")
     assert len(no_spare) == 1 and no_spare[0].poll() is None, "an idle worker keeps one for its next job"

@@ -168,7 +168,7 @@ def run_training_process(claim: Claim) -> int:
         claim.job_id,
         claim.attempt,
         settings.cancel_grace_s,
-        spare=settings.spare_trainer,  # a spare serves the next one-GPU job; a launch over several starts its own
+        spare=True,  # a spare serves the next one-GPU job; a launch over several starts its own
         time_limit_s=claim.time_limit_s,
     )
 
@@ -185,11 +185,19 @@ def gpu_environment(claim: Claim) -> dict[str, str]:
 _spare: list[subprocess.Popen[bytes]] = []  # the spare trainer of this worker process, if one was started
 
 
-def _keep_a_spare() -> None:
-    """Start a spare trainer unless a live one is waiting; a failure to start one never disturbs supervision."""
+def _keep_a_spare(worker: str | None = None) -> None:
+    """Start a spare trainer unless spares are off (`FTQ_SPARE_TRAINER`), a live one is waiting, or `worker` has
+    begun to shut down (a spare started then would be killed half-imported); a failure to start one never disturbs
+    supervision."""
+    if not get_settings().spare_trainer:
+        return
     _spare[:] = [spare for spare in _spare if spare.poll() is None]
     if _spare:
         return
+    if worker is not None:
+        with session_scope() as session:
+            if is_stopped(session=session, name=worker):
+                return
     try:
         _spare.append(_start_trainer("worker.runner", [SPARE_FLAG], get_settings().jobs_dir / "spare-trainer.log"))
     except OSError:
@@ -269,10 +277,9 @@ def warm_up(**_kwargs: Any) -> None:
     stack (in the background: it takes seconds, and Celery waits only a few for a new process), so the first job
     after a start is checked as fast as the next. A training worker's stays light (its trainers import in their own
     processes): it starts a spare trainer, so that its first job does not wait for them either."""
-    settings = get_settings()
-    if settings.validate_queue_name in {queue.name for queue in app.amqp.queues.consume_from.values()}:
+    if get_settings().validate_queue_name in {queue.name for queue in app.amqp.queues.consume_from.values()}:
         threading.Thread(target=importlib.import_module, args=("worker.validation",), daemon=True).start()
-    elif settings.spare_trainer:
+    else:
         _keep_a_spare()
 
 
@@ -305,18 +312,7 @@ def run_job(self: Any, job_id: str) -> None:
         _run_attempt(claim, worker)
         claim = _claim(worker)  # nothing once this worker is stopping (its registry row says so)
         _ring_for_others(worker, job_id)  # GPUs this attempt held may let jobs start on other workers too
-    _idle(worker)
-
-
-def _idle(worker: str) -> None:
-    """After this worker's last job: start a spare trainer, so that its next job is taken by one with its imports
-    done; none once the worker has begun to shut down (the spare would be killed half-imported)."""
-    if not get_settings().spare_trainer:
-        return
-    with session_scope() as session:
-        stopping = is_stopped(session=session, name=worker)
-    if not stopping:
-        _keep_a_spare()
+    _keep_a_spare(worker)  # idle now: its next job is taken by a trainer with its imports done
 
 
 def _ring_for_others(worker: str, job_id: str) -> None:
