@@ -14,6 +14,7 @@ is 256 launches and 256 waits a step, about 20 ms of host time while the GPU idl
 8-bit state is quantized in blocks that a concatenation would shift, so it keeps the per-parameter update.
 """
 
+import itertools
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ class FlatState:
         return True
 
 
-def _flat_eligible(optimizer: Any, group: dict[str, Any], gindex: int, params: list[torch.nn.Parameter]) -> bool:
+def _flat_eligible(optimizer: Any, config: dict[str, Any], params: list[torch.nn.Parameter]) -> bool:
     """Whether one kernel over the group computes what one per tensor does: Adam or AdamW (two states shaped like
     the parameter) in 32 bits, the same device, dtype, step and config for every tensor, and no per-tensor norm
     (`max_unorm`)."""
@@ -54,7 +55,6 @@ def _flat_eligible(optimizer: Any, group: dict[str, Any], gindex: int, params: l
     first = params[0]
     if len(params) < 2 or any(p.device != first.device or p.dtype != first.dtype for p in params):
         return False
-    config = optimizer.get_config(gindex, 0, group)
     if config["optim_bits"] != 32 or config["max_unorm"] > 0.0:
         return False
     if optimizer.mng.index2config or optimizer.mng.pid2config:  # bitsandbytes' per-parameter overrides
@@ -71,20 +71,16 @@ def _gather_flat_state(optimizer: Any, params: list[torch.nn.Parameter]) -> Flat
     sizes = [p.numel() for p in params]
     like = torch.empty(sum(sizes), dtype=params[0].dtype, device=params[0].device)
     flats = [optimizer.get_state_buffer(like, dtype=torch.float32) for _ in range(2)]
-    step = 0
-    for param, offset in zip(params, _offsets(sizes), strict=True):
-        state = optimizer.state[param]
-        if state:
-            step = state["step"]
-            for key, flat in zip(("state1", "state2"), flats, strict=True):
-                flat[offset : offset + param.numel()].copy_(state[key].reshape(-1))
     views: list[list[torch.Tensor]] = [[], []]
-    for param, offset in zip(params, _offsets(sizes), strict=True):
+    for param, start in zip(params, itertools.accumulate(sizes, initial=0), strict=False):
         state = optimizer.state[param]
-        state["step"] = step
-        for index, (key, flat) in enumerate(zip(("state1", "state2"), flats, strict=True)):
-            state[key] = flat[offset : offset + param.numel()].view_as(param)
-            views[index].append(state[key])
+        state.setdefault("step", 0)  # eligible parameters share one step: all have stepped alike, or none has
+        for key, flat, held in zip(("state1", "state2"), flats, views, strict=True):
+            view = flat[start : start + param.numel()].view_as(param)
+            if key in state:
+                view.copy_(state[key])
+            state[key] = view
+            held.append(view)
     return FlatState(params, sizes, flats[0], flats[1], views[0], views[1])
 
 
@@ -94,23 +90,14 @@ def _grad_of(param: torch.nn.Parameter) -> torch.Tensor:
     return param.grad
 
 
-def _offsets(sizes: list[int]) -> list[int]:
-    offsets, total = [], 0
-    for size in sizes:
-        offsets.append(total)
-        total += size
-    return offsets
-
-
 @torch.no_grad()
-def _flat_update(optimizer: Any, group: dict[str, Any], gindex: int, params: list[torch.nn.Parameter]) -> None:
+def _flat_update(optimizer: Any, config: dict[str, Any], gindex: int, params: list[torch.nn.Parameter]) -> None:
     """One bitsandbytes 32-bit update over the group's tensors laid end to end, copied back into each."""
     import bitsandbytes.functional as F
 
     flat = optimizer.ftq_flat.get(gindex)
     if flat is None or not flat.held_by(optimizer, params):
         flat = optimizer.ftq_flat[gindex] = _gather_flat_state(optimizer, params)
-    config = optimizer.get_config(gindex, 0, group)
     for param in params:
         optimizer.state[param]["step"] += 1
     step = optimizer.state[params[0]]["step"]
@@ -163,8 +150,9 @@ def _lean_step(self: Any, closure: Any = None) -> Any:
         if not with_grads:
             continue
         last = with_grads[-1]
-        if _flat_eligible(self, group, gindex, with_grads):
-            _flat_update(self, group, gindex, with_grads)
+        config = self.get_config(gindex, 0, group)  # the group's: per-parameter overrides make it ineligible
+        if _flat_eligible(self, config, with_grads):
+            _flat_update(self, config, gindex, with_grads)
             continue
         for pindex, p in enumerate(group["params"]):
             if p.grad is None:
