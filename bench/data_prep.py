@@ -60,7 +60,7 @@ def main() -> int:
 
     from shared.spec import DatasetSpec
     from worker.data import load_rows, split_at_template, tokenize_pairs
-    from worker.recipe import load_tokenizer
+    from worker.sources import load_tokenizer
     from worker.tiny_model import build_tiny_llama
 
     if not (model_dir / "config.json").exists():

@@ -89,7 +89,7 @@ def assert_stats_count_the_completion_tokens(
     stats: dict[str, int], tiny_model: Path, local_root: Path, rows: list[Any]
 ) -> None:
     """`completion_tokens` is the number of tokens after the template (plus EOS) in every row."""
-    from worker.recipe import load_tokenizer
+    from worker.sources import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model), [local_root])
     after = [row["text"].rpartition("Price is $")[2] for row in rows]

@@ -10,7 +10,7 @@ from datasets import Dataset
 from shared.errors import JobFailure
 from shared.spec import DatasetSpec, JobSpec
 from worker.data import load_rows, split_at_template, tokenize_pairs
-from worker.recipe import load_tokenizer
+from worker.sources import load_tokenizer
 
 TEMPLATE = "Price is $"
 

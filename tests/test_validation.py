@@ -1,6 +1,8 @@
 """Validation before queueing: planned steps, sampled statistics, and the failure codes for bad data."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,20 @@ import pytest
 from shared.errors import FtqError, JobFailure
 from shared.spec import Hyperparameters, JobSpec
 from worker.validation import planned_steps, validate
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINING_STACK = ("peft", "trl", "bitsandbytes", "accelerate", "wandb")
+
+
+def test_a_validation_worker_loads_the_tokenizer_stack_without_the_training_stack() -> None:
+    # What a validation pool process imports (its warm-up, then the task): PEFT, TRL, bitsandbytes and W&B would
+    # cost seconds at every start and hundreds of megabytes while it lives.
+    probe = (
+        "import sys, worker.tasks, worker.credentials, worker.validation; "
+        f"print(' '.join(m for m in {TRAINING_STACK!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == []
 
 
 @pytest.mark.parametrize(
@@ -41,7 +57,7 @@ def test_a_large_dataset_is_tokenized_on_a_sample_but_planned_on_every_row(
 
 
 def test_every_row_over_max_length_fails_with_rows_too_long(tiny_model: Path, local_root: Path, tmp_path: Path) -> None:
-    from worker.recipe import load_tokenizer
+    from worker.sources import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model), [local_root])
     prompt = "word " * 40 + "Price is $"

@@ -16,11 +16,12 @@ from transformers import PreTrainedTokenizerBase
 
 from shared.errors import FtqError, JobFailure
 from shared.paths import check_local_dataset, refuse_hub_id_shadowed_by_path
-from shared.spec import DatasetSpec, is_file_id, is_local_path
+from shared.spec import DatasetSpec, EvaluationSpec, is_file_id, is_local_path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_ROWS_NAMED = 10
 PARALLEL_FROM_ROWS = 20_000  # below this, starting worker processes costs more than it saves
+SCORED_FIELD = "evaluation.dataset"  # where errors about the scored rows point
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,20 @@ def load_pairs(spec: DatasetSpec, roots: list[Path], token: str | None = None, *
     """The dataset the spec names, each row split at the template into `prompt` and `completion` (errors name the
     spec's `field`)."""
     return split_at_template(load_rows(spec, roots, token, field=field), spec, field=field)
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """The held-out rows split at the template: what each prompt asks and the truth after it."""
+
+    prompts: list[str]
+    truths: list[str]
+
+
+def load_scored_rows(spec: EvaluationSpec, roots: list[Path], hf_token: str | None = None) -> ScoredRows:
+    """Load the evaluation rows and split each into its prompt and its truth (errors name `evaluation.dataset`)."""
+    pairs = load_pairs(spec.dataset, roots, hf_token, field=SCORED_FIELD)
+    return ScoredRows(prompts=list(pairs["prompt"]), truths=list(pairs["completion"]))
 
 
 def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[Dataset, DatasetStats]:

@@ -4,7 +4,6 @@ base (and, with `baseline`, without it), score the answers, and keep every predi
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,11 @@ from transformers import PreTrainedTokenizerBase
 
 from shared.spec import EvaluationSpec
 from worker.charts import draw_charts
-from worker.data import load_pairs
+from worker.data import ScoredRows
 from worker.progress import Reporter
 from worker.scoring import grade, parse_number, score_numeric
 
 PREDICTIONS_FILE = "predictions.jsonl"
-FIELD = "evaluation.dataset"  # where errors about the scored rows point
 
 
 @torch.no_grad()
@@ -80,20 +78,6 @@ def _score(spec: EvaluationSpec, truths: list[str], answers: list[str]) -> tuple
         for (truth, guess), answer in zip(numbers, answers, strict=True)
     ]
     return score_numeric(pairs).as_dict(), scored
-
-
-@dataclass(frozen=True)
-class ScoredRows:
-    """The held-out rows split at the template: what each prompt asks and the truth after it."""
-
-    prompts: list[str]
-    truths: list[str]
-
-
-def load_scored_rows(spec: EvaluationSpec, roots: list[Path], hf_token: str | None = None) -> ScoredRows:
-    """Load the evaluation rows and split each into its prompt and its truth (errors name `evaluation.dataset`)."""
-    pairs = load_pairs(spec.dataset, roots, hf_token, field=FIELD)
-    return ScoredRows(prompts=list(pairs["prompt"]), truths=list(pairs["completion"]))
 
 
 def evaluate(

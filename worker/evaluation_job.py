@@ -9,9 +9,11 @@ from typing import Any
 
 from shared.spec import JobSpec
 from worker.credentials import Credentials
-from worker.evaluation import evaluate, load_scored_rows
+from worker.data import load_scored_rows
+from worker.evaluation import evaluate
 from worker.progress import Reporter
-from worker.recipe import describe_quantization, load_adapter, load_quantized_model, load_tokenizer
+from worker.recipe import describe_quantization, load_adapter, load_quantized_model
+from worker.sources import load_tokenizer
 from worker.training import NO_CREDENTIALS, Outcome, pick_device
 
 

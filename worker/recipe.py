@@ -7,17 +7,15 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     BitsAndBytesConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
 from trl import SFTConfig
 
 from shared.errors import JobFailure
-from shared.paths import check_local_model, refuse_hub_id_shadowed_by_path
-from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec, is_job_id, is_local_path
+from shared.spec import Hyperparameters, JobSpec, LoraSpec, QuantizationSpec
 from worker.performance import PerformancePlan
+from worker.sources import adapter_source, model_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -96,37 +94,10 @@ def build_sft_config(
     )
 
 
-def _model_source(ref: str, roots: list[Path]) -> str:
-    if is_local_path(ref):
-        return str(check_local_model(ref, roots))
-    refuse_hub_id_shadowed_by_path(ref, "base_model")
-    return ref
-
-
-def load_tokenizer(ref: str, roots: list[Path], token: str | None = None) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer, padding on the right with EOS as the pad token (as in the course).
-
-    `token` reads a gated or private Hub model (None: the environment's `HF_TOKEN`, if any).
-    """
-    source = _model_source(ref, roots)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, token=token)
-    except (OSError, ValueError) as exc:
-        raise JobFailure(
-            f"base model {ref!r} not found or has no tokenizer: {exc}",
-            code="model_not_found",
-            param="base_model",
-        ) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
 def load_quantized_model(spec: JobSpec, roots: list[Path], device: str, token: str | None = None) -> PreTrainedModel:
     """The base model, loaded through `from_pretrained` with its Linear layers in 4-bit."""
     ref = spec.base_model
-    source = _model_source(ref, roots)
+    source = model_source(ref, roots)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,
@@ -140,26 +111,6 @@ def load_quantized_model(spec: JobSpec, roots: list[Path], device: str, token: s
         raise JobFailure(f"base model {ref!r} not found: {exc}", code="model_not_found", param="base_model") from exc
     model.config.use_cache = False
     return model
-
-
-def adapter_source(ref: str, roots: list[Path]) -> str:
-    """Where an adapter is read from: a fine-tune job's saved adapter, a local directory under the roots, or a
-    Hub repo id (read with the owner's token)."""
-    if is_job_id(ref):
-        # Imported here: the database stack loads only for a job's adapter (the GPU bench reads paths).
-        from shared.db import session_scope
-        from shared.jobs import adapter_job_path
-
-        with session_scope() as session:
-            path = Path(adapter_job_path(session=session, job_id=ref))
-    elif is_local_path(ref):
-        path = check_local_model(ref, roots, param="adapter")
-    else:
-        refuse_hub_id_shadowed_by_path(ref, "adapter")
-        return ref
-    if not (path / "adapter_config.json").is_file():
-        raise JobFailure(f"adapter {ref!r} has no adapter_config.json", code="adapter_not_found", param="adapter")
-    return str(path)
 
 
 def load_adapter(model: PreTrainedModel, ref: str, roots: list[Path], token: str | None) -> PeftModel:

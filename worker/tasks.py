@@ -340,7 +340,8 @@ def _run_attempt(claim: Claim, worker: str) -> None:
 
 def _validate(spec: JobSpec, owner_id: str) -> Any:
     """Validate as the owner: with their HF token, and within their row and step limits."""
-    # Imported here: the training stack loads in the pool child that runs the task, never in the parent.
+    # Imported here: the tokenizer stack (transformers, torch) loads in the pool child that runs the task, never in
+    # the parent; the training stack (PEFT, TRL, bitsandbytes) not at all.
     from worker.credentials import credentials_for
     from worker.validation import validate
 

@@ -13,9 +13,9 @@ from trl import SFTTrainer
 
 from shared.spec import JobSpec
 from worker.credentials import Credentials
-from worker.data import DatasetStats, load_pairs, tokenize_pairs
+from worker.data import DatasetStats, load_pairs, load_scored_rows, tokenize_pairs
 from worker.distributed import RankSync
-from worker.evaluation import evaluate, load_scored_rows
+from worker.evaluation import evaluate
 from worker.hub import HubPublisher
 from worker.lean_optimizer import lean_optimizer_step
 from worker.model_card import render_model_card
@@ -35,8 +35,8 @@ from worker.recipe import (
     build_sft_config,
     describe_quantization,
     load_quantized_model,
-    load_tokenizer,
 )
+from worker.sources import load_tokenizer
 from worker.tracking import wandb_run
 
 log = logging.getLogger(__name__)

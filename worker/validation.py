@@ -10,9 +10,8 @@ from typing import Any
 
 from shared.errors import JobFailure
 from shared.spec import Hyperparameters, JobSpec
-from worker.data import DatasetStats, load_pairs, tokenize_pairs
-from worker.evaluation import load_scored_rows
-from worker.recipe import adapter_source, load_tokenizer
+from worker.data import DatasetStats, load_pairs, load_scored_rows, tokenize_pairs
+from worker.sources import adapter_source, load_tokenizer
 
 
 @dataclass(frozen=True)
