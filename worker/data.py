@@ -1,4 +1,5 @@
-"""Training rows: load them, split each at the response template, tokenize with a completion mask.
+"""Rows: load them (to train on, or held out to score), split each at the response template, tokenize the
+training rows with a completion mask.
 
 We tokenize ourselves (rather than letting TRL do it) so the dataset statistics are exact before training
 starts and so prompt and completion are tokenized exactly as the model will see them at inference: the
