@@ -23,6 +23,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_read_only(dbapi_conn: Any, _record: Any) -> None:
+    # A SET rather than a startup option, which connection poolers such as PgBouncer refuse.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SET default_transaction_read_only = on")
+    cursor.close()
+    dbapi_conn.commit()  # a session setting outlives the transaction it was made in, if that one commits
+
+
 _engines: dict[str, Engine] = {}
 _async_engines: dict[str, AsyncEngine] = {}
 
@@ -59,8 +67,14 @@ def get_async_engine(url: str | None = None) -> AsyncEngine:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             # Reads are not bounded by a thread pool: a larger pool keeps a burst of polls from opening (and forking
-            # PostgreSQL backends for) connections that are closed again as soon as the burst is over.
-            engine = create_async_engine(async_url(url), pool_pre_ping=True, pool_size=20, max_overflow=20)
+            # PostgreSQL backends for) connections that are closed again as soon as the burst is over. Each statement
+            # runs in a transaction of its own: READ COMMITTED (the default) already gives each statement its own
+            # snapshot, so a poll loses nothing and saves the BEGIN and ROLLBACK round trips, and holds no transaction
+            # open. Its connections are read-only, so a write through this engine fails rather than committing.
+            engine = create_async_engine(
+                async_url(url), pool_pre_ping=True, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT"
+            )
+            event.listen(engine.sync_engine, "connect", _postgres_read_only)
         _async_engines[url] = engine
     return _async_engines[url]
 

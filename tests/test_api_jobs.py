@@ -1,7 +1,9 @@
 """The jobs API on SQLite and PostgreSQL, with the real Redis broker behind it."""
 
+import asyncio
 import json
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +11,11 @@ import anyio
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from api.main import create_app
+from shared.db import dispose_async_engines, get_async_engine, session_scope
 
 
 def queued_messages(redis_client: redis.Redis, queue: str) -> list[dict[str, Any]]:
@@ -286,3 +291,34 @@ def test_polls_are_answered_while_every_api_thread_is_taken(client: TestClient, 
 
     assert answered_while_taken, "a poll waited for a worker thread"
     assert answers == [200, 200, 200, 200]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_polled_reads_hold_no_transaction_open_and_cannot_write(database_url: str) -> None:
+    """On PostgreSQL the read routes' engine runs each statement in a transaction of its own (a poll holds none open)
+    on connections the server keeps read-only, so a write slipped into a read route fails instead of committing."""
+
+    async def probe() -> tuple[datetime, datetime, str]:
+        async with get_async_engine(database_url).connect() as connection:
+            first = (await connection.execute(text("SELECT now()"))).scalar_one()
+            await asyncio.sleep(0.01)
+            second = (await connection.execute(text("SELECT now()"))).scalar_one()  # a transaction's start time
+            try:
+                await connection.execute(
+                    text(
+                        "INSERT INTO users (id, name, is_admin, priority, limits, created_at)"
+                        " VALUES ('u-probe', 'probe', false, 0, '{}', now())"
+                    )
+                )
+                refused = ""
+            except DBAPIError as exc:
+                refused = str(exc.orig)
+        await dispose_async_engines()
+        return first, second, refused
+
+    first, second, refused = asyncio.run(probe())
+
+    assert second > first
+    assert "read-only transaction" in refused
+    with session_scope(database_url) as session:
+        assert session.scalar(text("SELECT count(*) FROM users WHERE id = 'u-probe'")) == 0
