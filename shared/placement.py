@@ -174,13 +174,18 @@ def hold_box(*, session: Session, worker: str) -> None:
         session.execute(select(Worker.name).where(*mine).order_by(Worker.name).with_for_update())
 
 
+def is_stopped(*, session: Session, name: str) -> bool:
+    """Whether the worker's row says it has begun to shut down (a warm shutdown; False for a name never
+    registered)."""
+    return session.scalar(select(Worker.stopped_at).where(Worker.name == name)) is not None
+
+
 def plan_for(*, session: Session, worker: str, stale_after_s: float) -> tuple[list[Start], dict[str, str | None]]:
     """Every start possible now (the asking worker's GPU preferred) and each worker's device index. A stopping
-    worker (its row marked stopped: a warm shutdown) starts nothing."""
-    now = utcnow()
-    row = session.get(Worker, worker)
-    if row is not None and row.stopped_at is not None:
+    worker starts nothing."""
+    if is_stopped(session=session, name=worker):
         return [], {}
+    now = utcnow()
     gpus = cluster_gpus(session=session, now=now, stale_after_s=stale_after_s)
     if worker not in gpus:  # no row yet, or a stale one (the database was away): it still serves its own GPU
         busy = worker in holders(_live_jobs(session))

@@ -53,11 +53,6 @@ def stop_worker(*, session: Session, name: str, pid: int) -> None:
     )
 
 
-def is_stopped(*, session: Session, name: str) -> bool:
-    """Whether the worker's row says it has begun to shut down (False for a name never registered)."""
-    return session.scalar(select(Worker.stopped_at).where(Worker.name == name)) is not None
-
-
 WorkerState = Literal["online", "offline", "stopped"]
 
 

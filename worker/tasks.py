@@ -32,12 +32,12 @@ from shared.jobs import fail_validation, get_job, pass_validation
 from shared.limits import check_planned_limits, user_limits
 from shared.models import JobStatus
 from shared.paths import check_local_refs
+from shared.placement import is_stopped
 from shared.queue import DRY_RUN_TASK, RUN_JOB_TASK, VALIDATE_JOB_TASK, enqueue_job
 from shared.scheduling import jobs_waiting
 from shared.settings import get_settings
 from shared.spec import JobSpec
 from shared.users import get_user
-from shared.workers import is_stopped
 from worker.celery_app import app
 from worker.errors import classify, out_of_memory_failure
 from worker.exit_codes import EXIT_OUT_OF_MEMORY, EXIT_PEER_LOST, EXIT_TEMPFAIL
