@@ -76,11 +76,12 @@ def train_file(local_root: Path, pricer_rows: list[dict[str, object]]) -> Path:
 
 
 def _create_postgres_db(template: str | None = None) -> str:
+    """A new PostgreSQL database (a copy of `template`, if named); its SQLAlchemy URL."""
     name = f"ftq_test_{uuid.uuid4().hex[:12]}"
     copy_of = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{copy_of}')
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    return POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
 
 
 def _drop_postgres_db(url: str) -> None:
@@ -102,7 +103,7 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def migrated_postgres() -> Iterator[str]:
     """The name of a PostgreSQL database with every migration applied, which each test's database is created from
     as a template (half the time of creating and migrating one)."""
-    url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
+    url = _create_postgres_db()
     upgrade_database(url)  # its engine is disposed at the end: a template must have no connection when copied
     yield url.rsplit("/", 1)[1]
     _drop_postgres_db(url)
@@ -118,7 +119,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{path}"
         return
     template = request.getfixturevalue("migrated_postgres")
-    url = _create_postgres_db(template).replace("postgresql://", "postgresql+psycopg://")
+    url = _create_postgres_db(template)
     yield url
     _drop_postgres_db(url)
 
@@ -202,7 +203,7 @@ def stack_client(
     elif "://" in database:
         url = database
     else:
-        url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
+        url = _create_postgres_db()
     env = {
         "FTQ_DATA_DIR": str(data_dir),
         "DATABASE_URL": url,

@@ -38,7 +38,7 @@ def database_at_0006(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ftq.db'}"
     else:
-        url = _create_postgres_db().replace("postgresql://", "postgresql+psycopg://")
+        url = _create_postgres_db()
     command.upgrade(alembic_config(url), "0006")
     yield url
     if request.param == "postgres":

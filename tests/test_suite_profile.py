@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 # Three samples in py-spy's raw form: a trainer (started as a spare) importing, the same trainer stepping under the
 # Celery worker that started it, and a training step run by pytest itself (its command line left empty).

@@ -10,9 +10,9 @@ import pytest
 
 from shared.errors import FtqError, JobFailure
 from shared.spec import Hyperparameters, JobSpec
+from tests.conftest import REPO
 from worker.validation import planned_steps, validate
 
-REPO = Path(__file__).resolve().parent.parent
 TRAINING_STACK = ("peft", "trl", "bitsandbytes", "accelerate", "wandb")
 
 
