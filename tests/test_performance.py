@@ -1,5 +1,6 @@
 """The worker's speed choices: what `auto` picks from free memory, that pinned choices win, that a cached
-dequantized weight computes exactly what bitsandbytes computes, and that token counts stay on the device until read.
+dequantized weight computes exactly what bitsandbytes computes (and an FP8 one to within its rounding), and that
+token counts stay on the device until read.
 The lean optimizer step's exactness is in test_lean_optimizer.py."""
 
 from typing import Any
@@ -156,3 +157,58 @@ def test_token_counts_accumulate_on_the_device_and_reach_the_host_on_read() -> N
     assert counter.input_tokens == 0, "nothing is brought to the host before a read"
     assert counter.read() == 8 and counter.input_tokens == 7 + 8
     assert counter.read() == 0 and counter.input_tokens == 15
+
+
+def test_fp8_runs_only_when_asked_where_the_device_has_it_and_replaces_the_bf16_cache() -> None:
+    asked = spec(performance={"fp8": True})
+
+    default = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+    on = plan_performance(
+        asked, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True, fp8_available=True
+    )
+    old_gpu = plan_performance(asked, LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
+    small = plan_performance(
+        asked, LLAMA_8B, device="cuda:0", free_bytes=30 * GB, liger_available=True, fp8_available=True
+    )
+
+    assert (default.fp8, default.reasons["fp8"]) == (False, "off unless asked: faster, but not exact")
+    assert (on.fp8, on.cache_dequantized) == (True, False), "the FP8 copies take the bf16 copies' place"
+    assert "fp8 on" in on.describe()
+    assert (old_gpu.fp8, old_gpu.cache_dequantized) == (False, True)
+    assert "no FP8 tensor cores" in old_gpu.reasons["fp8"]
+    assert (small.fp8, small.gradient_checkpointing) == (False, False)
+    assert "do not fit" in small.reasons["fp8"]
+
+
+def test_an_fp8_base_layer_computes_the_bf16_product_to_within_e4m3_rounding() -> None:
+    import bitsandbytes as bnb
+
+    from worker.fp8 import cache_fp8_weights
+
+    def layer() -> Any:
+        torch.manual_seed(0)
+        made = bnb.nn.Linear4bit(256, 96, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
+        made.load_state_dict(
+            {"weight": torch.randn(96, 256, dtype=torch.bfloat16) * 0.05, "bias": torch.randn(96, dtype=torch.bfloat16)}
+        )
+        return made.to("cpu")  # quantizes the weight
+
+    exact, fp8 = layer(), layer()
+    cache_dequantized_weights(torch.nn.Sequential(exact), torch.bfloat16)
+    fp8_bytes = cache_fp8_weights(torch.nn.Sequential(fp8))
+    x = torch.randn(3, 7, 256, dtype=torch.bfloat16)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want, got = exact(x1), fp8(x2)
+    upstream = torch.randn_like(want)
+    (want.float() * upstream).sum().backward()
+    (got.float() * upstream).sum().backward()
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
+
+    assert fp8_bytes == 2 * 96 * 256 + 4 * (96 + 256), "two one-byte copies and their fp32 scales"
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    # e4m3 keeps 3 mantissa bits: each operand is off by up to 1/16, a product's error averages far below that.
+    assert 0 < relative(got, want) < 0.05
+    assert x1.grad is not None and x2.grad is not None
+    assert 0 < relative(x2.grad, x1.grad) < 0.05

@@ -49,6 +49,7 @@ class PerformancePlan:
     liger: bool
     cache_dequantized: bool
     compile: bool
+    fp8: bool
     lean_optimizer: bool
     micro_batch: int  # on each rank
     gradient_accumulation_steps: int
@@ -67,6 +68,7 @@ class PerformancePlan:
             f"liger {'on' if self.liger else 'off'}",
             f"cached dequantized weights {'on' if self.cache_dequantized else 'off'}",
             f"compile {'on' if self.compile else 'off'}",
+            f"fp8 {'on' if self.fp8 else 'off'}",
             f"lean optimizer step {'on' if self.lean_optimizer else 'off'}",
             f"micro-batch {self.micro_batch} x {self.gradient_accumulation_steps}"
             + (f" on each of {self.ranks} GPUs" if self.ranks > 1 else ""),
@@ -89,6 +91,7 @@ def plan_performance(
     device: str,
     free_bytes: int | None,
     liger_available: bool,
+    fp8_available: bool = False,
     ranks: int = 1,
 ) -> PerformancePlan:
     """Choose each `auto` setting from the free memory of the device (after the model is loaded).
@@ -146,6 +149,11 @@ def plan_performance(
         liger = False
         reasons["liger"] = "off unless asked: not exact, and no faster beside cached dequantized weights"
 
+    fp8 = _plan_fp8(perf.fp8, fp8_available, fits(micro, checkpointing, cache_bytes), reasons)
+    if fp8 and cache:
+        cache = False
+        reasons["cache_dequantized"] = "the FP8 copies take the place of the bf16 ones"
+
     compile_model = perf.compile is True
     # Measured on an H200 (bench/results/2026-11-29-nvidia-h200-8b-run6-compile.json): steps 27% shorter after
     # about 13 s of compiling, but the loss is 0.10 off the recipe's after 50 steps; so only when asked.
@@ -153,8 +161,19 @@ def plan_performance(
     lean = _plan_lean_optimizer(perf.lean_optimizer, hp.optimizer, cuda, reasons)
     free_gb = None if free_bytes is None else free_bytes / GB
     return PerformancePlan(
-        checkpointing, liger, cache, compile_model, lean, micro, accumulation, ranks, free_gb, reasons
+        checkpointing, liger, cache, compile_model, fp8, lean, micro, accumulation, ranks, free_gb, reasons
     )
+
+
+def _plan_fp8(asked: str | bool, available: bool, fits: bool, reasons: dict[str, str]) -> bool:
+    if asked is not True:
+        reasons["fp8"] = "as asked" if asked is False else "off unless asked: faster, but not exact"
+        return False
+    if not available:
+        reasons["fp8"] = "asked, but this GPU has no FP8 tensor cores (compute capability 8.9+)"
+        return False
+    reasons["fp8"] = "as asked" if fits else "asked, but the FP8 weight copies do not fit beside the activations"
+    return fits
 
 
 def _plan_lean_optimizer(asked: str | bool, optimizer: str, cuda: bool, reasons: dict[str, str]) -> bool:

@@ -16,6 +16,7 @@ from worker.credentials import Credentials
 from worker.data import DatasetStats, load_pairs, load_scored_rows, tokenize_pairs
 from worker.distributed import RankSync
 from worker.evaluation import evaluate
+from worker.fp8 import cache_fp8_weights, fp8_supported
 from worker.hub import HubPublisher
 from worker.lean_optimizer import lean_optimizer_step
 from worker.model_card import render_model_card
@@ -131,10 +132,13 @@ def build_trainer(
         device=device,
         free_bytes=sync.least(free_memory(device)),  # every rank plans from the tightest GPU, so all plan alike
         liger_available=liger_available(),
+        fp8_available=fp8_supported(device),
         ranks=world_size(),
     )
     if plan.cache_dequantized:
         cache_dequantized_weights(model, DTYPES[spec.quantization.compute_dtype])
+    if plan.fp8:
+        cache_fp8_weights(model)
     reporter.log(plan.describe(), plan.as_dict())
     run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
     args = build_sft_config(

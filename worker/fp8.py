@@ -1,0 +1,126 @@
+"""FP8 matrix products for the frozen 4-bit base (opt-in `performance.fp8`).
+
+The base weights never change, so each 4-bit Linear's weight is dequantized once and kept as two float8 (e4m3)
+copies, one scaled per output row (for the forward, `x @ W.T`) and one per input column (for the backward,
+`grad @ W`). Each product quantizes its activation (or incoming gradient) per row at run time and multiplies on
+the FP8 tensor cores (`torch._scaled_mm`, rowwise scales, bf16 out): about twice the bf16 matrix rate on an
+H100/H200, at the same memory as the cached bf16 weights.
+
+This is not the recipe's arithmetic: e4m3 keeps 3 mantissa bits, so each product's inputs are rounded to about
+6% (the 4-bit weights are rounded once more, the activations at every step). The LoRA adapter's own products, the
+LM head and the optimizer stay in bf16/fp32. So `auto` leaves it off; the benchmark reports the loss it reaches
+beside the recipe's.
+"""
+
+import functools
+from typing import Any
+
+import torch
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max
+# CUDA FP8 tensor cores arrived with Ada and Hopper (compute capability 8.9).
+MIN_CAPABILITY = (8, 9)
+
+
+def fp8_supported(device: str) -> bool:
+    """Whether `device` multiplies float8 matrices: a CUDA GPU of compute capability 8.9 or later, or the CPU
+    (slow there, but the same arithmetic, which is what the CPU tests check)."""
+    if not device.startswith("cuda"):
+        return True
+    return torch.cuda.get_device_capability(torch.device(device)) >= MIN_CAPABILITY
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` [M, K] as e4m3 with one fp32 scale per row (`x ~= x8 * scale`); a row of zeros keeps a tiny scale."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / E4M3_MAX
+    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
+def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """`x @ W.T` in bf16 from `x` [M, K] (quantized here, per row) and `weight` [N, K] in e4m3 with its per-row
+    scales [1, N]."""
+    x8, x_scale = quantize_rows(x)
+    # `weight` is [N, K] row-major, so `weight.t()` is the column-major [K, N] operand _scaled_mm wants.
+    return torch._scaled_mm(
+        x8, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=torch.bfloat16, use_fast_accum=True
+    )
+
+
+def fp8_input_grad(grad: torch.Tensor, weight_t: torch.Tensor, weight_t_scale: torch.Tensor) -> torch.Tensor:
+    """`grad @ W` in bf16 from `grad` [M, N] (quantized here, per row) and `weight_t`, W.T stored [K, N] in e4m3
+    with its per-row scales [1, K]. Accumulated at full precision: gradients add up over many small terms."""
+    grad8, grad_scale = quantize_rows(grad)
+    return torch._scaled_mm(grad8, weight_t.t(), scale_a=grad_scale, scale_b=weight_t_scale, out_dtype=torch.bfloat16)
+
+
+class _Fp8Linear(torch.autograd.Function):
+    """`x @ W.T` with FP8 operands; the weight is frozen, so only the input gets a gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_t: torch.Tensor,
+        weight_t_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight_t, weight_t_scale)
+        return fp8_matmul(x, weight, weight_scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight_t, weight_t_scale = ctx.saved_tensors
+        return fp8_input_grad(grad.contiguous(), weight_t, weight_t_scale), None, None, None, None
+
+
+def fp8_linear(x: torch.Tensor, module: Any) -> torch.Tensor:
+    """The module's frozen base product of `x` (any leading dims) on FP8 operands, in bf16, plus its bias."""
+    flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    out: torch.Tensor = _Fp8Linear.apply(  # type: ignore[no-untyped-call]
+        flat, module.ftq_fp8_weight, module.ftq_fp8_scale, module.ftq_fp8_weight_t, module.ftq_fp8_scale_t
+    )
+    if module.bias is not None:
+        out = out + module.bias.to(out.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+
+@functools.cache
+def fp8_linear_class() -> type:
+    """The Linear4bit subclass whose forward multiplies by the FP8 copies of its weight. One class for every
+    layer, so `torch.compile` traces its forward once."""
+    import bitsandbytes as bnb
+
+    class Fp8Linear4bit(bnb.nn.Linear4bit):
+        def forward(self, x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+            """The base product on FP8 tensor cores."""
+            return fp8_linear(x, self)
+
+    return Fp8Linear4bit
+
+
+def cache_fp8_weights(model: Any) -> int:
+    """Give every 4-bit Linear of `model` its FP8 weight copies (dequantized once, one layer at a time) and use
+    them; returns the bytes they take."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight = module.weight
+        with torch.no_grad():
+            dequantized = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(torch.bfloat16)
+            rows, row_scale = quantize_rows(dequantized)  # per output feature: the forward's operand
+            cols, col_scale = quantize_rows(dequantized.t().contiguous())  # per input feature: the backward's
+        del dequantized
+        module.register_buffer("ftq_fp8_weight", rows, persistent=False)
+        module.register_buffer("ftq_fp8_scale", row_scale.view(1, -1), persistent=False)
+        module.register_buffer("ftq_fp8_weight_t", cols, persistent=False)
+        module.register_buffer("ftq_fp8_scale_t", col_scale.view(1, -1), persistent=False)
+        module.__class__ = fp8_linear_class()
+        total += rows.numel() + cols.numel() + 4 * (row_scale.numel() + col_scale.numel())
+    return total
