@@ -306,7 +306,14 @@ def main() -> int:
         ids += seed_jobs(url, owner, args.jobs - 1000, spec, 1000)
         analyze(url)  # as autovacuum would soon: measure a settled table, not one being analyzed meanwhile
         deep = ids[len(ids) // 2]
-        phase("GET /jobs/{id}", api, args.jobs, method="GET", path="/jobs/{id}", ids=random.sample(ids, min(5000, len(ids))))
+        phase(
+            "GET /jobs/{id}",
+            api,
+            args.jobs,
+            method="GET",
+            path="/jobs/{id}",
+            ids=random.sample(ids, min(5000, len(ids))),
+        )
         phase("GET /jobs (first page)", api, args.jobs, method="GET", path="/jobs")
         phase("GET /jobs (a page in the middle)", api, args.jobs, method="GET", path="/jobs", params={"after": deep})
         phase("POST /jobs", api, args.jobs, method="POST", path="/jobs", body=spec)
