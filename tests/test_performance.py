@@ -159,7 +159,7 @@ def test_token_counts_accumulate_on_the_device_and_reach_the_host_on_read() -> N
     assert counter.read() == 0 and counter.input_tokens == 15
 
 
-def test_fp8_runs_only_when_asked_where_the_device_has_it_and_replaces_the_bf16_cache() -> None:
+def test_fp8_runs_only_when_asked_where_the_device_has_it_and_the_memory_allows() -> None:
     asked = spec(performance={"fp8": True})
 
     default = plan_performance(spec(), LLAMA_8B, device="cuda:0", free_bytes=130 * GB, liger_available=True)
@@ -172,7 +172,7 @@ def test_fp8_runs_only_when_asked_where_the_device_has_it_and_replaces_the_bf16_
     )
 
     assert (default.fp8, default.reasons["fp8"]) == (False, "off unless asked: faster, but not exact")
-    assert (on.fp8, on.cache_dequantized) == (True, False), "the FP8 copies take the bf16 copies' place"
+    assert (on.fp8, on.cache_dequantized) == (True, True), "the attention's products keep their bf16 copies"
     assert "fp8 on" in on.describe()
     assert (old_gpu.fp8, old_gpu.cache_dequantized) == (False, True)
     assert "no FP8 tensor cores" in old_gpu.reasons["fp8"]
@@ -180,7 +180,7 @@ def test_fp8_runs_only_when_asked_where_the_device_has_it_and_replaces_the_bf16_
     assert "do not fit" in small.reasons["fp8"]
 
 
-def test_an_fp8_base_layer_computes_the_bf16_product_to_within_e4m3_rounding() -> None:
+def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_attention_stays_bf16() -> None:
     import bitsandbytes as bnb
 
     from worker.fp8 import cache_fp8_weights
@@ -193,9 +193,11 @@ def test_an_fp8_base_layer_computes_the_bf16_product_to_within_e4m3_rounding() -
         )
         return made.to("cpu")  # quantizes the weight
 
-    exact, fp8 = layer(), layer()
+    exact, fp8, attention = layer(), layer(), layer()
     cache_dequantized_weights(torch.nn.Sequential(exact), torch.bfloat16)
-    fp8_bytes = cache_fp8_weights(torch.nn.Sequential(fp8))
+    model = torch.nn.ModuleDict({"q_proj": attention, "up_proj": fp8})
+    cache_dequantized_weights(model, torch.bfloat16)
+    fp8_bytes = cache_fp8_weights(model)
     x = torch.randn(3, 7, 256, dtype=torch.bfloat16)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     want, got = exact(x1), fp8(x2)
@@ -207,6 +209,8 @@ def test_an_fp8_base_layer_computes_the_bf16_product_to_within_e4m3_rounding() -
         return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
 
     assert fp8_bytes == 2 * 96 * 256 + 4 * (96 + 256), "two one-byte copies and their fp32 scales"
+    assert not hasattr(fp8, "ftq_dequantized_weight"), "the FP8 copies replace the bf16 one"
+    assert type(attention).__name__ == "CachedDequantizedLinear4bit", "attention keeps its bf16 product"
     assert got.shape == want.shape and got.dtype == torch.bfloat16
     # e4m3 keeps 3 mantissa bits: each operand is off by up to 1/16, a product's error averages far below that.
     assert 0 < relative(got, want) < 0.05

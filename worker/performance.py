@@ -149,10 +149,8 @@ def plan_performance(
         liger = False
         reasons["liger"] = "off unless asked: not exact, and no faster beside cached dequantized weights"
 
+    # The MLP's FP8 copies take the bytes its bf16 copies would (two one-byte copies for one two-byte one).
     fp8 = _plan_fp8(perf.fp8, fp8_available, fits(micro, checkpointing, cache_bytes), reasons)
-    if fp8 and cache:
-        cache = False
-        reasons["cache_dequantized"] = "the FP8 copies take the place of the bf16 ones"
 
     compile_model = perf.compile is True
     # Measured on an H200 (bench/results/2026-11-29-nvidia-h200-8b-run6-compile.json): steps 27% shorter after
