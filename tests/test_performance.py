@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shared.spec import JobSpec
-from worker.performance import GB, ModelShape, cache_dequantized_weights, plan_performance
+from worker.performance import GB, ModelShape, cache_dequantized_weights, copy_base_weights, plan_performance
 from worker.progress import TokenCounter
 
 LLAMA_8B = ModelShape(hidden_size=4096, num_layers=32, vocab_size=128256, quantized_params=6_979_321_856)
@@ -183,8 +183,6 @@ def test_fp8_runs_only_when_asked_where_the_device_has_it_and_the_memory_allows(
 def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_attention_stays_bf16() -> None:
     import bitsandbytes as bnb
 
-    from worker.fp8 import cache_fp8_weights
-
     def layer() -> Any:
         torch.manual_seed(0)
         made = bnb.nn.Linear4bit(256, 96, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
@@ -196,8 +194,15 @@ def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_
     exact, fp8, attention = layer(), layer(), layer()
     cache_dequantized_weights(torch.nn.Sequential(exact), torch.bfloat16)
     model = torch.nn.ModuleDict({"q_proj": attention, "up_proj": fp8})
-    cache_dequantized_weights(model, torch.bfloat16)
-    fp8_bytes = cache_fp8_weights(model)
+    plan = plan_performance(
+        spec(performance={"fp8": True}),
+        LLAMA_8B,
+        device="cpu",
+        free_bytes=None,
+        liger_available=False,
+        fp8_available=True,
+    )
+    copies = copy_base_weights(model, plan, torch.bfloat16)
     x = torch.randn(3, 7, 256, dtype=torch.bfloat16)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     want, got = exact(x1), fp8(x2)
@@ -208,7 +213,8 @@ def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_
     def relative(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
 
-    assert fp8_bytes == 2 * 96 * 256 + 4 * (96 + 256), "two one-byte copies and their fp32 scales"
+    assert (plan.cache_dequantized, plan.fp8) == (True, True)
+    assert copies == {"dequantized": 96 * 256 * 2, "fp8": 2 * 96 * 256 + 4 * (96 + 256)}, "q's bf16; up's two 1-byte"
     assert not hasattr(fp8, "ftq_dequantized_weight"), "the FP8 copies replace the bf16 one"
     assert type(attention).__name__ == "CachedDequantizedLinear4bit", "attention keeps its bf16 product"
     assert got.shape == want.shape and got.dtype == torch.bfloat16

@@ -244,6 +244,20 @@ def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
     return total
 
 
+def copy_base_weights(model: Any, plan: PerformancePlan, dtype: torch.dtype) -> dict[str, int]:
+    """Give the 4-bit base the weight copies the plan chose: dequantized in `dtype` (`cache_dequantized`), then the
+    MLP's in FP8 (`fp8`, in place of theirs); the bytes each kind of copy takes."""
+    from worker.fp8 import cache_fp8_weights
+
+    if plan.cache_dequantized:
+        cache_dequantized_weights(model, dtype)
+    fp8 = cache_fp8_weights(model) if plan.fp8 else 0
+    dequantized = sum(
+        module.ftq_dequantized_weight.nbytes for module in model.modules() if hasattr(module, "ftq_dequantized_weight")
+    )
+    return {"dequantized": dequantized, "fp8": fp8}
+
+
 def compile_decoder_layers(model: Any) -> int:
     """`torch.compile` each decoder layer in place (regional compilation): the layers share one compiled graph, so
     it compiles once rather than per layer or for the whole model, and its fused kernels replace many small

@@ -16,13 +16,13 @@ from worker.credentials import Credentials
 from worker.data import DatasetStats, load_pairs, load_scored_rows, tokenize_pairs
 from worker.distributed import RankSync
 from worker.evaluation import evaluate
-from worker.fp8 import cache_fp8_weights, fp8_supported
+from worker.fp8 import fp8_supported
 from worker.hub import HubPublisher
 from worker.lean_optimizer import lean_optimizer_step
 from worker.model_card import render_model_card
 from worker.performance import (
-    cache_dequantized_weights,
     compile_decoder_layers,
+    copy_base_weights,
     free_memory,
     liger_available,
     model_shape,
@@ -135,11 +135,8 @@ def build_trainer(
         fp8_available=fp8_supported(device),
         ranks=world_size(),
     )
-    if plan.cache_dequantized:
-        cache_dequantized_weights(model, DTYPES[spec.quantization.compute_dtype])
-    if plan.fp8:
-        cache_fp8_weights(model)
-    reporter.log(plan.describe(), plan.as_dict())
+    copies = copy_base_weights(model, plan, DTYPES[spec.quantization.compute_dtype])
+    reporter.log(plan.describe(), {**plan.as_dict(), "weight_copies_bytes": copies})
     run_name = spec.wandb.run_name if spec.wandb and spec.wandb.run_name else job_id
     args = build_sft_config(
         spec.hyperparameters,
