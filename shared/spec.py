@@ -246,8 +246,8 @@ class PerformanceSpec(Strict):
     )
     fp8: Auto | bool = Field(
         "auto",
-        description="Multiply by the frozen 4-bit base weights on FP8 tensor cores (e4m3, rowwise scales; GPUs of"
-        " compute capability 8.9+): faster matrix products, inputs rounded to about 6% (auto: off).",
+        description="The frozen 4-bit base's MLP products on FP8 tensor cores (e4m3, rowwise scales; GPUs of compute"
+        " capability 8.9+): faster steps, each product's inputs rounded to 3 mantissa bits (auto: off).",
     )
     lean_optimizer: Auto | bool = Field(
         "auto",

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 E4M3 = torch.float8_e4m3fn
-MLP_PRODUCTS = ("gate_proj", "up_proj", "down_proj")
 E4M3_MAX = torch.finfo(E4M3).max
+# Llama's MLP Linears by name (the recipe's models); other layers keep their products.
+MLP_PRODUCTS = ("gate_proj", "up_proj", "down_proj")
 # CUDA FP8 tensor cores arrived with Ada and Hopper (compute capability 8.9).
 MIN_CAPABILITY = (8, 9)
 
