@@ -192,8 +192,9 @@ def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_
         return made.to("cpu")  # quantizes the weight
 
     exact, fp8, attention = layer(), layer(), layer()
+    odd = bnb.nn.Linear4bit(256, 90, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").to("cpu")
     cache_dequantized_weights(torch.nn.Sequential(exact), torch.bfloat16)
-    model = torch.nn.ModuleDict({"q_proj": attention, "up_proj": fp8})
+    model = torch.nn.ModuleDict({"q_proj": attention, "up_proj": fp8, "down_proj": odd})
     plan = plan_performance(
         spec(performance={"fp8": True}),
         LLAMA_8B,
@@ -214,7 +215,9 @@ def test_an_fp8_mlp_layer_computes_the_bf16_product_to_within_e4m3_rounding_and_
         return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
 
     assert (plan.cache_dequantized, plan.fp8) == (True, True)
-    assert copies == {"dequantized": 96 * 256 * 2, "fp8": 2 * 96 * 256 + 4 * (96 + 256)}, "q's bf16; up's two 1-byte"
+    # q's and the odd layer's bf16 copies; up's two one-byte copies and their fp32 scales.
+    assert copies == {"dequantized": (96 + 90) * 256 * 2, "fp8": 2 * 96 * 256 + 4 * (96 + 256)}
+    assert type(odd).__name__ == "CachedDequantizedLinear4bit", "90 outputs: not a multiple of 16, so bf16"
     assert not hasattr(fp8, "ftq_dequantized_weight"), "the FP8 copies replace the bf16 one"
     assert type(attention).__name__ == "CachedDequantizedLinear4bit", "attention keeps its bf16 product"
     assert got.shape == want.shape and got.dtype == torch.bfloat16

@@ -118,6 +118,8 @@ def cache_fp8_weights(model: Any) -> int:
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit) or not name.endswith(MLP_PRODUCTS):
             continue
+        if module.in_features % 16 or module.out_features % 16:
+            continue  # FP8 products need both of the weight's dimensions in multiples of 16
         with torch.no_grad():
             dequantized = getattr(module, "ftq_dequantized_weight", None)
             if dequantized is None:
