@@ -172,6 +172,7 @@ def test_fp8_runs_only_when_asked_where_the_device_has_it_and_the_memory_allows(
     )
 
     assert (default.fp8, default.reasons["fp8"]) == (False, "off unless asked: faster, but not exact")
+    assert "without compile it is slower" in on.reasons["fp8"]
     assert (on.fp8, on.cache_dequantized) == (True, True), "the attention's products keep their bf16 copies"
     assert "fp8 on" in on.describe()
     assert (old_gpu.fp8, old_gpu.cache_dequantized) == (False, True)

@@ -151,6 +151,10 @@ def plan_performance(
 
     # The MLP's FP8 copies take the bytes its bf16 copies would (two one-byte copies for one two-byte one).
     fp8 = _plan_fp8(perf.fp8, fp8_available, fits(micro, checkpointing, cache_bytes), reasons)
+    if fp8 and perf.compile is not True:
+        # bench/results/2026-12-07-nvidia-h100-fp8-matmul.json: eager, each input's quantization is kernels of its
+        # own, and the MLP's products took 1.32-1.44x the bf16 time (compiled: 1.43-1.52x faster).
+        reasons["fp8"] += "; without compile it is slower than bf16 (the inputs' quantization is not fused)"
 
     compile_model = perf.compile is True
     # Measured on an H200 (bench/results/2026-11-29-nvidia-h200-8b-run6-compile.json): steps 27% shorter after
