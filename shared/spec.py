@@ -247,7 +247,8 @@ class PerformanceSpec(Strict):
     fp8: Auto | bool = Field(
         "auto",
         description="The frozen 4-bit base's MLP products on FP8 tensor cores (e4m3, rowwise scales; GPUs of compute"
-        " capability 8.9+): faster steps, each product's inputs rounded to 3 mantissa bits (auto: off).",
+        " capability 8.9+): faster steps with `compile` (slower without), each product's inputs rounded to 3 mantissa"
+        " bits (auto: off).",
     )
     lean_optimizer: Auto | bool = Field(
         "auto",
