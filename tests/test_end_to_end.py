@@ -125,6 +125,28 @@ def assert_adapter_loads_with_peft_on_a_4bit_base(adapter: Path, tiny_model: Pat
     assert logits.shape[-1] == base.config.vocab_size
 
 
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+def test_a_job_asking_for_fp8_trains_its_mlp_on_fp8_weight_copies_and_says_so(
+    api: StackClient, tiny_model: Path, train_file: Path
+) -> None:
+    spec = {
+        "base_model": str(tiny_model),
+        "dataset": {"id": str(train_file)},
+        "hyperparameters": {"batch_size": BATCH, "max_length": 320, "max_steps": 2},
+        "performance": {"fp8": True},
+    }
+
+    job = wait_for_end(api, submit(api, spec)["id"])
+
+    assert job["status"] == "succeeded", job["error"]
+    events = api.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    (plan,) = [e for e in events if e["type"] == "log" and e["message"].startswith("performance:")]
+    assert "fp8 on" in plan["message"] and plan["data"]["reasons"]["fp8"].startswith("as asked")
+    # The tiny Llama's 2 layers: gate/up/down in FP8 (two one-byte copies each), q/k/v/o in bf16.
+    copies = plan["data"]["weight_copies_bytes"]
+    assert copies["fp8"] > 0 and copies["dequantized"] > 0
+
+
 def test_rows_without_the_template_fail_the_job_naming_the_rows(
     api: httpx.Client, tiny_model: Path, local_root: Path, pricer_rows: list[Any]
 ) -> None:
