@@ -258,6 +258,9 @@ def test_jobs_are_trained_by_spares_kept_while_idle_and_started_while_one_trains
         "dataset": {"id": str(train_file)},
         "hyperparameters": {"batch_size": BATCH, "max_length": 320, "max_steps": 2, "logging_steps": 1},
     }
+    # The module's earlier jobs may still be winding down (a job reads as ended once its trainer records it, before
+    # the process exits); the promise is about a worker that has gone idle.
+    wait_until(lambda: bool(spare_pids(api.stack.settings.data_path)), timeout_s=60, what="a spare on the idle worker")
     first_id = submit(api, spec)["id"]
     job_id = submit(api, spec)["id"]  # waits behind the first: the worker starts a spare while the first trains
     seen_pids: set[int] = set()
