@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.fp8 import fp8_input_grad, fp8_matmul, quantize_rows  # noqa: E402
+from worker.fp8 import fp8_input_grad, fp8_matmul, fp8_weight_copies  # noqa: E402
 
 HIDDEN, INTERMEDIATE, KV = 4096, 14336, 1024
 SHAPES = {  # name: (in_features, out_features)
@@ -77,9 +77,7 @@ def main() -> None:
         weight = (torch.randn(n, k, device="cuda") * k**-0.5).to(torch.bfloat16)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         grad = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-        w8, ws = quantize_rows(weight)
-        wt8, wts = quantize_rows(weight.t().contiguous())
-        fp8_weights = (w8, ws.view(1, -1), wt8, wts.view(1, -1))
+        fp8_weights = fp8_weight_copies(weight)
         compiled = torch.compile(fp8_step)
         want, got = bf16_step(x, weight, grad), fp8_step(x, fp8_weights, grad)
         row = {

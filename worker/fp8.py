@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from worker.performance import dequantized_weight
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
 # Llama's MLP Linears by name (the recipe's models); other layers keep their products.
@@ -108,11 +110,19 @@ def fp8_linear_class() -> type:
     return Fp8Linear4bit
 
 
+def fp8_weight_copies(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A frozen weight W [N, K] as `fp8_matmul` and `fp8_input_grad` take it: W in e4m3 with its per-row scales
+    [1, N] (the forward's operand), and W.T stored [K, N] in e4m3 with its per-row scales [1, K] (the backward's)."""
+    with torch.no_grad():
+        rows, row_scale = quantize_rows(weight)
+        cols, col_scale = quantize_rows(weight.t().contiguous())
+    return rows, row_scale.view(1, -1), cols, col_scale.view(1, -1)
+
+
 def cache_fp8_weights(model: Any) -> int:
     """Give each 4-bit MLP Linear of `model` its FP8 weight copies (from its cached bf16 weight when it has one,
     which they replace; else dequantized once) and use them; returns the bytes they take."""
     import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
 
     total = 0
     for name, module in model.named_modules():
@@ -120,19 +130,17 @@ def cache_fp8_weights(model: Any) -> int:
             continue
         if module.in_features % 16 or module.out_features % 16:
             continue  # FP8 products need both of the weight's dimensions in multiples of 16
-        with torch.no_grad():
-            dequantized = getattr(module, "ftq_dequantized_weight", None)
-            if dequantized is None:
-                dequantized = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state)
-            dequantized = dequantized.to(torch.bfloat16)
-            rows, row_scale = quantize_rows(dequantized)  # per output feature: the forward's operand
-            cols, col_scale = quantize_rows(dequantized.t().contiguous())  # per input feature: the backward's
-        del dequantized
-        module._buffers.pop("ftq_dequantized_weight", None)
-        module.register_buffer("ftq_fp8_weight", rows, persistent=False)
-        module.register_buffer("ftq_fp8_scale", row_scale.view(1, -1), persistent=False)
-        module.register_buffer("ftq_fp8_weight_t", cols, persistent=False)
-        module.register_buffer("ftq_fp8_scale_t", col_scale.view(1, -1), persistent=False)
+        cached = getattr(module, "ftq_dequantized_weight", None)
+        source = dequantized_weight(module, torch.bfloat16) if cached is None else cached.to(torch.bfloat16)
+        copies = fp8_weight_copies(source)
+        del source, cached
+        if hasattr(module, "ftq_dequantized_weight"):
+            delattr(module, "ftq_dequantized_weight")
+        weight, scale, weight_t, scale_t = copies
+        module.register_buffer("ftq_fp8_weight", weight, persistent=False)
+        module.register_buffer("ftq_fp8_scale", scale, persistent=False)
+        module.register_buffer("ftq_fp8_weight_t", weight_t, persistent=False)
+        module.register_buffer("ftq_fp8_scale_t", scale_t, persistent=False)
         module.__class__ = fp8_linear_class()
-        total += rows.numel() + cols.numel() + 4 * (row_scale.numel() + col_scale.numel())
+        total += sum(tensor.numel() * tensor.element_size() for tensor in copies)
     return total

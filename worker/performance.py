@@ -230,18 +230,24 @@ def cached_dequantized_class() -> type:
     return CachedDequantizedLinear4bit
 
 
+def dequantized_weight(module: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-bit Linear's weight in `dtype`, as bitsandbytes dequantizes it for every product."""
+    import bitsandbytes.functional as bnbf
+
+    with torch.no_grad():
+        weight: torch.Tensor = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+    return weight
+
+
 def cache_dequantized_weights(model: Any, dtype: torch.dtype) -> int:
     """Give every 4-bit Linear of `model` a dequantized copy of its weight (in the compute dtype) and use it;
     returns the bytes."""
     import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
 
     total = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            weight = module.weight
-            with torch.no_grad():
-                dequantized = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+            dequantized = dequantized_weight(module, dtype)
             module.register_buffer("ftq_dequantized_weight", dequantized, persistent=False)
             module.__class__ = cached_dequantized_class()
             total += dequantized.numel() * dequantized.element_size()
