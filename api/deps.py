@@ -1,24 +1,25 @@
 """Injectables for the routes: settings, a database session, and the caller (key and user).
 
-Two kinds of route, two kinds of session. The reads that scripts poll while a job runs (a job, the job list, a job's
-events and checkpoints) are `async def` on an asyncio session (`AsyncSessionDep`, `AsyncCurrentUser`): they run the
-same sync query code through `AsyncSession.run_sync`, on the event loop, so a poll costs no worker thread and no
-thread hand-off, and never waits behind sync routes that hold their threads. The rest stay sync on `SessionDep`,
-`CurrentUser` and Starlette's thread pool: they write, or wait on something blocking (the broker, a dry run, files).
+Two kinds of route. The reads that scripts poll while a job runs (a job, the job list, a job's events and
+checkpoints) are `async def`: they run sync query code on a connection of the asyncio engine (`shared.db.run_read`),
+on the event loop, so a poll costs no worker thread and no thread hand-off and never waits behind sync routes that
+hold their threads, and they know their caller from a recently checked key (`AsyncCurrentUser`, `api.keycache`).
+The rest stay sync on `SessionDep`, `CurrentUser` and Starlette's thread pool: they write, or wait on something
+blocking (the broker, a dry run, files), and check the key on every request.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from functools import cache
 from typing import Annotated
 
 from fastapi import Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from api.keycache import KeyCache
 from api.ratelimit import TokenBucket
-from shared.auth import find_api_key
-from shared.db import get_async_sessionmaker, get_sessionmaker
+from shared.auth import KeyOwner, find_api_key, find_key_owner, hash_key
+from shared.db import get_sessionmaker, run_read
 from shared.errors import FtqError
 from shared.models import ApiKey, User
 from shared.settings import Settings, get_settings
@@ -53,15 +54,8 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-async def get_async_session() -> AsyncIterator[AsyncSession]:
-    """An asyncio session per request, for the read routes; it is closed (never committed) when the request ends."""
-    async with get_async_sessionmaker()() as session:
-        yield session
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
-AsyncSessionDep = Annotated[AsyncSession, Depends(get_async_session)]
 
 
 @cache
@@ -70,14 +64,24 @@ def rate_limiter(rate_per_minute: float, burst: int) -> TokenBucket:
     return TokenBucket(rate_per_s=rate_per_minute / 60.0, burst=burst)
 
 
+@cache
+def key_cache(database_url: str, ttl_s: float) -> KeyCache:  # noqa: ARG001 (a cache per database: see below)
+    """The process's cache of checked keys for this database (a key checked in one says nothing of another)."""
+    return KeyCache(ttl_s=ttl_s)
+
+
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _raw_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None:
+        raise Unauthorized("send an API key as `Authorization: Bearer <key>`", param="Authorization")
+    return credentials.credentials
 
 
 def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> ApiKey:
     """The live API key of `credentials` (401 if none or unknown), after spending one of its user's rate tokens."""
-    if credentials is None:
-        raise Unauthorized("send an API key as `Authorization: Bearer <key>`", param="Authorization")
-    key = find_api_key(session=session, raw=credentials.credentials)
+    key = find_api_key(session=session, raw=_raw_key(credentials))
     if key is None:
         raise Unauthorized("unknown or revoked API key", param="Authorization")
     rate_limiter(settings.rate_limit_per_minute, settings.rate_limit_burst).take(key.user_id)
@@ -89,13 +93,7 @@ def current_key(session: SessionDep, settings: SettingsDep, credentials: Credent
     return authenticate(session, credentials, settings)
 
 
-async def async_current_key(session: AsyncSessionDep, credentials: Credentials) -> ApiKey:
-    """The API key of the request, for async routes (loaded in their own asyncio session)."""
-    return await session.run_sync(authenticate, credentials, get_settings())
-
-
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
-AsyncCurrentKey = Annotated[ApiKey, Depends(async_current_key)]
 
 
 def current_user(key: CurrentKey) -> User:
@@ -103,13 +101,24 @@ def current_user(key: CurrentKey) -> User:
     return key.user
 
 
-async def async_current_user(key: AsyncCurrentKey) -> User:
-    """The user the request's key belongs to, for async routes."""
-    return key.user
+async def async_current_user(credentials: Credentials) -> KeyOwner:
+    """Whom the request's key belongs to, for the async read routes: as checked within the last
+    `FTQ_KEY_CACHE_TTL` seconds (see `api.keycache`), after spending one of their rate tokens."""
+    settings = get_settings()  # called, not a dependency: a sync dependency would cost a thread hop
+    key_hash = hash_key(_raw_key(credentials))
+    cache = key_cache(settings.db_url, settings.key_cache_ttl_s)
+    owner = cache.get(key_hash)
+    if owner is None:
+        owner = await run_read(find_key_owner, key_hash)
+        if owner is None:
+            raise Unauthorized("unknown or revoked API key", param="Authorization")
+        cache.put(key_hash, owner)
+    rate_limiter(settings.rate_limit_per_minute, settings.rate_limit_burst).take(owner.id)
+    return owner
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
-AsyncCurrentUser = Annotated[User, Depends(async_current_user)]
+AsyncCurrentUser = Annotated[KeyOwner, Depends(async_current_user)]
 
 
 def admin_user(user: CurrentUser) -> User:
@@ -122,6 +131,6 @@ def admin_user(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(admin_user)]
 
 
-def owner_scope(user: User) -> str | None:
+def owner_scope(user: User | KeyOwner) -> str | None:
     """Whose jobs and files a user may see: their own, or everyone's (None) for an admin."""
     return None if user.is_admin else user.id

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from shared.jobs import JobView
 from shared.models import EventType, Job, JobStatus, as_utc
 from shared.spec import JobSpec
 
@@ -92,6 +93,15 @@ class JobRead(BaseModel):
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> "JobRead":
         """Build the API view of a job row."""
+        return cls._build(job, job.owner.name, queue_position)
+
+    @classmethod
+    def from_view(cls, view: JobView, queue_position: int | None = None) -> "JobRead":
+        """Build the API view of a job from its shown columns (`shared.jobs.get_job_view`)."""
+        return cls._build(view, view.owner_name, queue_position)
+
+    @classmethod
+    def _build(cls, job: Job | JobView, owner_name: str, queue_position: int | None) -> "JobRead":
         error = None
         if job.error_code is not None:
             error = ErrorInfo(code=job.error_code, message=job.error_message or "", param=job.error_param)
@@ -110,7 +120,7 @@ class JobRead(BaseModel):
             worker=job.worker,
             preemptions=job.preemptions,
             metadata=job.metadata_ or {},
-            owner=job.owner.name,
+            owner=owner_name,
             priority=job.priority,
             queue_position=queue_position,
             wandb_url=job.wandb_url,

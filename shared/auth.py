@@ -2,8 +2,9 @@
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import FtqError
@@ -13,6 +14,19 @@ from shared.users import get_or_create_user
 KEY_PREFIX = "ftq_"
 # Built once: every authenticated request runs it, and building the comparison costs more than the lookup itself.
 KEY_BY_HASH = select(ApiKey).where(ApiKey.key_hash == bindparam("key_hash"))
+OWNER_BY_HASH = (
+    select(User.id, User.is_admin)
+    .join(ApiKey, ApiKey.user_id == User.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """The user a live key belongs to, as much of them as the read routes need: whose jobs they may see."""
+
+    id: str
+    is_admin: bool
 
 
 class KeyNotFound(FtqError):
@@ -48,6 +62,12 @@ def find_api_key(*, session: Session, raw: str) -> ApiKey | None:
     if key is None or key.revoked_at is not None:
         return None
     return key
+
+
+def find_key_owner(connection: Connection, key_hash: str) -> KeyOwner | None:
+    """The user of the live key with this hash (see `hash_key`), or None; one query, no ORM objects."""
+    row = connection.execute(OWNER_BY_HASH, {"key_hash": key_hash}).one_or_none()
+    return None if row is None else KeyOwner(id=row.id, is_admin=row.is_admin)
 
 
 def list_api_keys(*, session: Session) -> list[ApiKey]:

@@ -6,7 +6,7 @@ attempt writes (fenced by its attempt number) is in `shared.attempts`.
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Connection, Row, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.errors import FtqError, InvalidInput, JobNotFound
@@ -130,28 +130,51 @@ def get_job(*, session: Session, job_id: str, owner_id: str | None = None) -> Jo
     return job
 
 
-def list_jobs(
+# What a job is shown with (`api.schemas.JobRead`): its columns under their attribute names and its owner's name, read
+# as plain rows by one Core statement. The reads that scripts poll build no ORM objects (loading one cost a poll more
+# than its query).
+SHOWN_COLUMNS = (
+    "id", "owner_id", "status", "priority", "spec", "metadata_", "progress", "stats", "result", "error_code",
+    "error_message", "error_param", "attempt", "worker", "preemptions", "created_at", "started_at", "finished_at",
+    "wandb_url", "wandb_dir",
+)  # fmt: skip
+JOB_VIEWS = select(*(getattr(Job, name).label(name) for name in SHOWN_COLUMNS), User.name.label("owner_name")).join(
+    User, User.id == Job.owner_id
+)
+JOB_VIEW_BY_ID = JOB_VIEWS.where(Job.id == bindparam("job_id"))
+JobView = Row[*tuple[Any, ...]]  # a row of JOB_VIEWS: attributes named as in SHOWN_COLUMNS, and owner_name
+
+
+def get_job_view(*, connection: Connection, job_id: str, owner_id: str | None = None) -> JobView:
+    """The job with this id (of this owner, when one is given) as it is shown, or JobNotFound."""
+    view = connection.execute(JOB_VIEW_BY_ID, {"job_id": job_id}).one_or_none()
+    if view is None or (owner_id is not None and view.owner_id != owner_id):
+        raise JobNotFound(f"no job {job_id!r}", param="job_id")
+    return view
+
+
+def list_job_views(
     *,
-    session: Session,
+    connection: Connection,
     limit: int,
     after: str | None = None,
     status: JobStatus | None = None,
     owner_id: str | None = None,
-) -> tuple[list[Job], bool]:
+) -> tuple[list[JobView], bool]:
     """Jobs newest first (of one owner, when given), `limit` of them after the cursor job, and whether more follow."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    query = JOB_VIEWS.order_by(Job.created_at.desc(), Job.id.desc())
     if owner_id is not None:
         query = query.where(Job.owner_id == owner_id)
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:
-        cursor = session.get(Job, after)
+        cursor = connection.execute(select(Job.created_at, Job.id).where(Job.id == after)).one_or_none()
         if cursor is None:
             raise InvalidInput(f"no job {after!r} to page after", code="invalid_cursor", param="after")
         # A row-value comparison: PostgreSQL (and SQLite) turn it into one index range, where an OR of the two
         # cases made PostgreSQL walk every newer row.
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
-    rows = list(session.scalars(query.limit(limit + 1)))
+    rows = list(connection.execute(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
 

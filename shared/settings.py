@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, validation_alias="FTQ_SECRET_KEY")
     rate_limit_per_minute: float = Field(600.0, gt=0, validation_alias="FTQ_RATE_LIMIT")
     rate_limit_burst: int = Field(60, ge=1, validation_alias="FTQ_RATE_BURST")
+    # The polled reads trust a key checked this many seconds ago (0: check every time); writes always check.
+    key_cache_ttl_s: float = Field(5.0, ge=0.0, validation_alias="FTQ_KEY_CACHE_TTL")
 
     @property
     def worker_stale_s(self) -> float:

@@ -11,11 +11,12 @@ import anyio
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 
 from api.main import create_app
 from shared.db import dispose_async_engines, get_async_engine, session_scope
+from shared.models import Job, JobStatus
 
 
 def queued_messages(redis_client: redis.Redis, queue: str) -> list[dict[str, Any]]:
@@ -60,6 +61,42 @@ def test_created_job_reads_back_the_same(client: TestClient, spec: dict[str, Any
     assert read.json() == created
     assert read.json()["metadata"] == {"team": "pricing"}
     assert read.json()["progress"]["step"] == 0 and read.json()["error"] is None
+
+
+def test_a_job_reads_the_same_from_a_write_route_a_poll_and_the_list(client: TestClient, spec: dict[str, Any]) -> None:
+    """The writes show a job from its ORM row, the polled reads from plain rows of its shown columns: every field set,
+    they must agree."""
+    job_id = client.post("/jobs", json={**spec, "metadata": {"team": "pricing"}}).json()["id"]
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.running,
+                started_at=datetime(2026, 12, 7, 8, 0),
+                progress={"step": 3, "total_steps": 9, "loss": 1.5, "trained_tokens": 42},
+                stats={"rows": 40, "tokens": 700},
+                result={"trainable_params": 10},
+                error_code="was_retried",
+                error_message="an earlier attempt failed",
+                error_param="dataset.id",
+                attempt=2,
+                worker="gpu0@box",
+                preemptions=1,
+                priority=4,
+                wandb_url="https://wandb.example/run",
+                wandb_dir="/tmp/run",
+            )
+        )
+        session.commit()
+
+    cancelling = client.post(f"/jobs/{job_id}/cancel").json()
+    polled = client.get(f"/jobs/{job_id}").json()
+    listed = client.get("/jobs").json()["data"][0]
+
+    assert cancelling["status"] == "cancelling" and cancelling["worker"] == "gpu0@box"
+    assert polled == cancelling
+    assert listed == cancelling
 
 
 def test_requests_without_a_valid_key_are_401(env: dict[str, str], spec: dict[str, Any]) -> None:

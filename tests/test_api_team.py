@@ -195,6 +195,50 @@ def test_a_new_job_takes_its_owners_priority_and_an_admin_can_change_it(
     assert client.get(f"/jobs/{first}").json()["queue_position"] == 2
 
 
+def test_a_revoked_key_reads_until_its_cached_check_expires_but_writes_nothing(
+    env: dict[str, str], spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The polled reads trust a key checked within `FTQ_KEY_CACHE_TTL` (here an hour); every other route checks it."""
+    monkeypatch.setenv("FTQ_KEY_CACHE_TTL", "3600")
+    clear_caches()
+    with client_for("leaver") as leaver:
+        job_id = leaver.post("/jobs", json=spec).json()["id"]
+        assert leaver.get(f"/jobs/{job_id}").status_code == 200  # the key is checked, and remembered
+        _revoke_key_of("leaver")
+
+        reads = [leaver.get(path).status_code for path in (f"/jobs/{job_id}", "/jobs", f"/jobs/{job_id}/events")]
+        cancel = leaver.post(f"/jobs/{job_id}/cancel")
+        me = leaver.get("/me")
+
+    assert reads == [200, 200, 200]
+    assert (cancel.status_code, cancel.json()["error"]["code"]) == (401, "unauthorized")
+    assert me.status_code == 401
+
+
+def test_with_no_key_cache_a_revoked_key_is_refused_by_the_reads_at_once(
+    env: dict[str, str], spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTQ_KEY_CACHE_TTL", "0")
+    clear_caches()
+    with client_for("leaver") as leaver:
+        job_id = leaver.post("/jobs", json=spec).json()["id"]
+        assert leaver.get(f"/jobs/{job_id}").status_code == 200
+        _revoke_key_of("leaver")
+
+        answer = leaver.get(f"/jobs/{job_id}")
+
+    assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthorized")
+
+
+def _revoke_key_of(name: str) -> None:
+    from shared.auth import list_api_keys, revoke_api_key
+
+    with session_scope() as session:
+        (key,) = [key for key in list_api_keys(session=session) if key.user.name == name]
+        revoke_api_key(session=session, ref=key.id)
+        session.commit()
+
+
 def test_a_revoked_key_is_refused(env: dict[str, str]) -> None:
     from shared.auth import create_api_key, revoke_api_key
 

@@ -32,13 +32,11 @@ def own_postgres() -> Iterator[ThrowawayPostgres]:
         server.remove()
 
 
-def test_api_answers_503_while_postgres_is_down_and_recovers(
-    own_postgres: ThrowawayPostgres,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    local_root: Path,
-    spec: dict[str, Any],
-) -> None:
+@pytest.fixture
+def faults_client(
+    own_postgres: ThrowawayPostgres, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, local_root: Path
+) -> Iterator[TestClient]:
+    """A client of the API on the PostgreSQL server this test may stop and start."""
     for name, value in {
         "DATABASE_URL": own_postgres.url,
         "FTQ_DATA_DIR": str(tmp_path),
@@ -52,17 +50,39 @@ def test_api_answers_503_while_postgres_is_down_and_recovers(
         _key, raw = create_api_key(session=session, name="faults")
         session.commit()
     with TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"}) as client:
-        assert client.get("/jobs").status_code == 200
+        yield client
 
-        own_postgres.stop()
-        down = [client.get("/jobs"), client.post("/jobs", json=spec), client.get("/healthz")]
-        own_postgres.start()
-        back = client.get("/jobs")
+
+def test_api_answers_503_while_postgres_is_down_and_recovers(
+    own_postgres: ThrowawayPostgres, faults_client: TestClient, spec: dict[str, Any]
+) -> None:
+    assert faults_client.get("/jobs").status_code == 200
+
+    own_postgres.stop()
+    down = [faults_client.get("/jobs"), faults_client.post("/jobs", json=spec), faults_client.get("/healthz")]
+    own_postgres.start()
+    back = faults_client.get("/jobs")
 
     assert [r.status_code for r in down] == [503, 503, 503]
     assert all(r.json()["error"]["code"] == "database_unavailable" for r in down)
     assert down[0].headers["Retry-After"] == "5"
     assert back.status_code == 200
+
+
+def test_the_first_polls_after_postgres_restarted_are_answered_not_failed(
+    own_postgres: ThrowawayPostgres, faults_client: TestClient, spec: dict[str, Any]
+) -> None:
+    """The read routes' pooled connections are not pinged before use: each dead one fails its first statement, and
+    the read runs again on a fresh connection instead of answering 503."""
+    job_id = faults_client.post("/jobs", json=spec).json()["id"]
+    assert faults_client.get(f"/jobs/{job_id}").status_code == 200  # the key is checked and a connection pooled
+
+    own_postgres.stop()
+    own_postgres.start()
+    polls = [faults_client.get(path) for path in (f"/jobs/{job_id}", "/jobs", f"/jobs/{job_id}/events")]
+
+    assert [poll.status_code for poll in polls] == [200, 200, 200]
+    assert polls[0].json()["id"] == job_id
 
 
 @pytest.mark.training

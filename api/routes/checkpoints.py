@@ -8,12 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from api.deps import AsyncCurrentUser, AsyncSessionDep, CurrentUser, JobId, SessionDep, owner_scope
+from api.deps import AsyncCurrentUser, CurrentUser, JobId, SessionDep, owner_scope
 from api.errors_doc import COMMON, errors
 from api.schemas import MAX_INT32, CheckpointList, CheckpointRead
 from shared.artifacts import ADAPTER_FILE_PATTERNS
+from shared.db import run_read
 from shared.errors import JobNotFound
 from shared.jobs import get_checkpoint, get_job, list_checkpoints
 
@@ -21,24 +23,25 @@ router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=errors(*COMMO
 
 
 @router.get("/{job_id}/checkpoints", responses=errors(404), response_model=CheckpointList)
-async def list_job_checkpoints(job_id: JobId, session: AsyncSessionDep, user: AsyncCurrentUser) -> CheckpointList:
+async def list_job_checkpoints(job_id: JobId, user: AsyncCurrentUser) -> CheckpointList:
     """List a job's complete checkpoints by step."""
-    return await session.run_sync(_checkpoints_of, job_id, owner_scope(user))
+    return await run_read(_checkpoints_of, job_id, owner_scope(user))
 
 
-def _checkpoints_of(session: Session, job_id: str, owner_id: str | None) -> CheckpointList:
-    get_job(session=session, job_id=job_id, owner_id=owner_id)
-    data = [
-        CheckpointRead(
-            step=c.step,
-            created_at=c.created_at,
-            metrics=c.metrics,
-            download_url=f"/jobs/{job_id}/checkpoints/{c.step}/download",
-            hub_commit_url=c.hub_commit_url,
-        )
-        for c in list_checkpoints(session=session, job_id=job_id)
-    ]
-    return CheckpointList(data=data)
+def _checkpoints_of(connection: Connection, job_id: str, owner_id: str | None) -> CheckpointList:
+    with Session(connection) as session:
+        get_job(session=session, job_id=job_id, owner_id=owner_id)
+        data = [
+            CheckpointRead(
+                step=c.step,
+                created_at=c.created_at,
+                metrics=c.metrics,
+                download_url=f"/jobs/{job_id}/checkpoints/{c.step}/download",
+                hub_commit_url=c.hub_commit_url,
+            )
+            for c in list_checkpoints(session=session, job_id=job_id)
+        ]
+        return CheckpointList(data=data)
 
 
 class _Chunks:

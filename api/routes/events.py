@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from api.deps import AsyncCurrentUser, AsyncSessionDep, CurrentUser, JobId, SessionDep, owner_scope
+from api.deps import AsyncCurrentUser, CurrentUser, JobId, SessionDep, owner_scope
 from api.errors_doc import COMMON, errors
 from api.schemas import MAX_INT64, EventList, EventRead
-from shared.db import session_scope
+from shared.db import run_read, session_scope
 from shared.events import list_events
 from shared.jobs import get_job
 
@@ -25,19 +26,21 @@ STREAM_BATCH = 200
 @router.get("/{job_id}/events", responses=errors(404), response_model=EventList)
 async def list_job_events(
     job_id: JobId,
-    session: AsyncSessionDep,
     user: AsyncCurrentUser,
     after: Annotated[int | None, Query(ge=0, le=MAX_INT64, description="Id of the last event already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
 ) -> EventList:
     """List a job's events, oldest first."""
-    return await session.run_sync(_page_of_events, job_id, owner_scope(user), after, limit)
+    return await run_read(_page_of_events, job_id, owner_scope(user), after, limit)
 
 
-def _page_of_events(session: Session, job_id: str, owner_id: str | None, after: int | None, limit: int) -> EventList:
-    get_job(session=session, job_id=job_id, owner_id=owner_id)
-    events, has_more = list_events(session=session, job_id=job_id, after=after, limit=limit)
-    return EventList(data=[EventRead.model_validate(e) for e in events], has_more=has_more)
+def _page_of_events(
+    connection: Connection, job_id: str, owner_id: str | None, after: int | None, limit: int
+) -> EventList:
+    with Session(connection) as session:
+        get_job(session=session, job_id=job_id, owner_id=owner_id)
+        events, has_more = list_events(session=session, job_id=job_id, after=after, limit=limit)
+        return EventList(data=[EventRead.model_validate(e) for e in events], has_more=has_more)
 
 
 def _next_events(job_id: JobId, after: int | None) -> tuple[list[EventRead], bool]:

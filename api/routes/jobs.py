@@ -4,13 +4,13 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from api.deps import (
     ID_PATTERN,
     AdminUser,
     AsyncCurrentUser,
-    AsyncSessionDep,
     CurrentUser,
     JobId,
     SessionDep,
@@ -19,6 +19,7 @@ from api.deps import (
 )
 from api.errors_doc import COMMON, errors
 from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
+from shared.db import run_read
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -29,7 +30,8 @@ from shared.jobs import (
     create_job,
     fail_job_unqueued,
     get_job,
-    list_jobs,
+    get_job_view,
+    list_job_views,
     set_job_priority,
 )
 from shared.limits import check_queue_limit, check_rows_limit, check_spec_limits, user_limits
@@ -155,7 +157,6 @@ def _dry_run(spec: JobSpec, owner_id: str, timeout_s: float) -> DryRun:
 
 @router.get("", response_model=JobList)
 async def list_fine_tune_jobs(
-    session: AsyncSessionDep,
     user: AsyncCurrentUser,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[
@@ -164,21 +165,33 @@ async def list_fine_tune_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> JobList:
     """List jobs, newest first, one page at a time."""
-    return await session.run_sync(_page_of_jobs, limit, after, status, owner_scope(user))
+    return await run_read(_page_of_jobs, limit, after, status, owner_scope(user))
 
 
 def _page_of_jobs(
-    session: Session, limit: int, after: str | None, status: JobStatus | None, owner_id: str | None
+    connection: Connection, limit: int, after: str | None, status: JobStatus | None, owner_id: str | None
 ) -> JobList:
-    jobs, has_more = list_jobs(session=session, limit=limit, after=after, status=status, owner_id=owner_id)
-    places = queue_positions(session=session) if any(job.status is JobStatus.queued for job in jobs) else {}
-    return JobList(data=[JobRead.from_job(job, places.get(job.id)) for job in jobs], has_more=has_more)
+    views, has_more = list_job_views(connection=connection, limit=limit, after=after, status=status, owner_id=owner_id)
+    places = _queue_positions(connection) if any(view.status is JobStatus.queued for view in views) else {}
+    return JobList(data=[JobRead.from_view(view, places.get(view.id)) for view in views], has_more=has_more)
 
 
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
-async def read_fine_tune_job(job_id: JobId, session: AsyncSessionDep, user: AsyncCurrentUser) -> JobRead:
+async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    return await session.run_sync(_job_as_shown, job_id, owner_scope(user))
+    return await run_read(_view_as_shown, job_id, owner_scope(user))
+
+
+def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None) -> JobRead:
+    """The job as the API shows it, with its place in the queue while it waits (from plain rows)."""
+    view = get_job_view(connection=connection, job_id=job_id, owner_id=owner_id)
+    place = _queue_positions(connection).get(view.id) if view.status is JobStatus.queued else None
+    return JobRead.from_view(view, place)
+
+
+def _queue_positions(connection: Connection) -> dict[str, int]:
+    with Session(connection) as session:
+        return queue_positions(session=session)
 
 
 def _job_as_shown(session: Session, job_id: str, owner_id: str | None) -> JobRead:
