@@ -1,6 +1,7 @@
 """The FastAPI application."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -94,6 +95,11 @@ async def reconcile_forever() -> None:
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """Start the reconciler with the API; on shutdown stop it and close the read routes' connections."""
     task = asyncio.create_task(reconcile_forever())
+    # What is alive once the app is up (modules, models, routes, schemas) lives as long as the process: frozen, the
+    # collector stops walking it on every full collection, which had stalled every request in flight (under 32
+    # clients, the p99 of `GET /jobs/{id}` fell from about 98 ms to 44-55 ms).
+    gc.collect()
+    gc.freeze()
     yield
     task.cancel()
     with suppress(asyncio.CancelledError):

@@ -1,6 +1,7 @@
 """The jobs API on SQLite and PostgreSQL, with the real Redis broker behind it."""
 
 import asyncio
+import gc
 import json
 import threading
 from datetime import datetime
@@ -331,6 +332,17 @@ def test_polls_are_answered_while_every_api_thread_is_taken(client: TestClient, 
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_api_freezes_what_it_holds_at_startup_out_of_the_garbage_collector(env: dict[str, str]) -> None:
+    gc.unfreeze()
+
+    with TestClient(create_app()) as client:
+        assert client.get("/healthz").status_code == 200
+        frozen = gc.get_freeze_count()
+    gc.unfreeze()
+
+    assert frozen > 10_000  # the app's modules and objects, not a handful
+
+
 def test_the_polled_reads_hold_no_transaction_open_and_cannot_write(database_url: str) -> None:
     """On PostgreSQL the read routes' engine runs each statement in a transaction of its own (a poll holds none open)
     on connections the server keeps read-only, so a write slipped into a read route fails instead of committing."""
