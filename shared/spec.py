@@ -222,9 +222,10 @@ Auto = Literal["auto"]
 
 
 class PerformanceSpec(Strict):
-    """How the worker runs the recipe fast; `auto` lets it choose from the GPU's free memory. `auto` never changes
-    the arithmetic of a step at the spec's own batch size (`liger`, `compile` and `fp8` do, and run only when
-    asked); the worker reports what it chose."""
+    """How the worker runs the recipe fast; `auto` lets it choose from the GPU and its free memory, and the worker
+    reports what it chose. Of the `auto` choices only `compile` changes the arithmetic of a step at the spec's own
+    batch size, and only its rounding order (pin it `false` for the recipe's exact numbers); `liger` and `fp8` change
+    it too, and run only when asked."""
 
     gradient_checkpointing: Auto | bool = Field(
         "auto", description="Recompute activations in the backward pass (less memory, about half the speed)."
@@ -241,8 +242,8 @@ class PerformanceSpec(Strict):
     )
     compile: Auto | bool = Field(
         "auto",
-        description="torch.compile each decoder layer: shorter steps after seconds of compiling, another rounding"
-        " (auto: off).",
+        description="torch.compile each decoder layer: steps about a quarter shorter after seconds of compiling,"
+        " another rounding order (auto: on for a one-GPU CUDA job with Triton and the activations kept).",
     )
     fp8: Auto | bool = Field(
         "auto",

@@ -65,6 +65,28 @@ def test_liger_runs_only_when_asked_and_only_where_it_can() -> None:
     assert missing.reasons["liger"] == "asked, but needs CUDA and liger-kernel"
 
 
+def test_compile_runs_by_default_on_one_cuda_gpu_with_triton_and_the_activations_kept() -> None:
+    def plan(performance: dict[str, Any] | None = None, **where: Any) -> Any:
+        place = {"device": "cuda:0", "free_bytes": 130 * GB, "compiler_available": True, **where}
+        return plan_performance(spec(performance=performance or {}), LLAMA_8B, liger_available=True, **place)
+
+    large = plan()
+    cpu, no_triton = plan(device="cpu", free_bytes=None), plan(compiler_available=False)
+    small, two_gpus = plan(free_bytes=12 * GB), plan(ranks=2)
+    pinned_off, asked_on_cpu = plan({"compile": False}), plan({"compile": True}, device="cpu", free_bytes=None)
+    fp8 = plan({"fp8": True}, fp8_available=True)
+
+    assert (large.compile, large.gradient_checkpointing) == (True, False)
+    assert "compile on" in large.describe()
+    assert (cpu.compile, no_triton.compile) == (False, False)
+    assert cpu.reasons["compile"] == "needs CUDA and Triton"
+    assert (small.compile, small.gradient_checkpointing) == (False, True), "measured only with activations kept"
+    assert two_gpus.compile is False
+    assert (pinned_off.compile, pinned_off.reasons["compile"]) == (False, "as asked")
+    assert asked_on_cpu.compile is True
+    assert (fp8.compile, fp8.fp8, fp8.reasons["fp8"]) == (True, True, "as asked"), "compiled: no eager warning"
+
+
 def test_throughput_mode_takes_the_largest_micro_batch_that_keeps_the_effective_batch() -> None:
     wide = spec(
         hyperparameters={"batch_size": 8, "gradient_accumulation_steps": 8}, performance={"micro_batch": "auto"}

@@ -1,10 +1,14 @@
 """How a job runs fast on the device it got: the choices (`plan_performance`, a pure function of the spec and the
 measured free memory) and the one that changes the model (`cache_dequantized_weights`).
 
-None of the choices changes the arithmetic of an optimizer step at the spec's own batch size:
+Of the choices `auto` makes, only `compile` changes the arithmetic of an optimizer step at the spec's own batch size,
+and only its rounding order (pin `compile: false` for the recipe's exact numbers):
 - gradient checkpointing off recomputes nothing, it keeps the activations instead;
-- Liger's kernels compute RMSNorm, RoPE and SwiGLU fused, in the same precision but another rounding order (so
-  `auto` leaves them off; see `plan_performance`);
+- `torch.compile` of each decoder layer fuses its elementwise work into fewer kernels, in the same precision but
+  another rounding order: on by default on one GPU, where it was measured to pay (see `_plan_compile`);
+- Liger's kernels compute RMSNorm, RoPE and SwiGLU fused, in the same precision but another rounding order, and were
+  no faster (so `auto` leaves them off; see `plan_performance`);
+- FP8 products (opt-in) round each input to 3 mantissa bits;
 - a cached dequantized weight is exactly what bitsandbytes dequantizes on every forward and backward
   (`dequantize_4bit(W).to(compute dtype)`, then a plain matmul), computed once because the base is frozen;
 - a micro-batch with gradient accumulation (opt-in) keeps the effective batch;
@@ -92,6 +96,7 @@ def plan_performance(
     free_bytes: int | None,
     liger_available: bool,
     fp8_available: bool = False,
+    compiler_available: bool = False,
     ranks: int = 1,
 ) -> PerformancePlan:
     """Choose each `auto` setting from the free memory of the device (after the model is loaded).
@@ -149,22 +154,35 @@ def plan_performance(
         liger = False
         reasons["liger"] = "off unless asked: not exact, and no faster beside cached dequantized weights"
 
+    compile_model = _plan_compile(perf.compile, compiler_available and cuda, checkpointing, ranks, reasons)
     # The MLP's FP8 copies take the bytes its bf16 copies would (two one-byte copies for one two-byte one).
     fp8 = _plan_fp8(perf.fp8, fp8_available, fits(micro, checkpointing, cache_bytes), reasons)
-    if fp8 and perf.compile is not True:
+    if fp8 and not compile_model:
         # bench/results/2026-12-07-nvidia-h100-fp8-matmul.json: eager, each input's quantization is kernels of its
         # own, and the MLP's products took 1.32-1.44x the bf16 time (compiled: 1.43-1.52x faster).
         reasons["fp8"] += "; without compile it is slower than bf16 (the inputs' quantization is not fused)"
-
-    compile_model = perf.compile is True
-    # Measured on an H200 (bench/results/2026-11-29-nvidia-h200-8b-run6-compile.json): steps 27% shorter after
-    # about 13 s of compiling, but the loss is 0.10 off the recipe's after 50 steps; so only when asked.
-    reasons["compile"] = "as asked" if perf.compile != "auto" else "off unless asked: faster, but not exact"
     lean = _plan_lean_optimizer(perf.lean_optimizer, hp.optimizer, cuda, reasons)
     free_gb = None if free_bytes is None else free_bytes / GB
     return PerformancePlan(
         checkpointing, liger, cache, compile_model, fp8, lean, micro, accumulation, ranks, free_gb, reasons
     )
+
+
+def _plan_compile(asked: str | bool, available: bool, checkpointing: bool, ranks: int, reasons: dict[str, str]) -> bool:
+    # Measured on an H100 (bench/results/2026-12-07-nvidia-h100-8b-auto-compile.json): the first step about 14 s
+    # later, every step after it 25% shorter (0.189 against 0.251 s); the loss 0.013 from the eager path's on average
+    # over 50 steps (another rounding order in the fused kernels), its last ten steps' mean 0.002 from it.
+    if asked != "auto":
+        reasons["compile"] = "as asked"
+        return bool(asked)
+    if not available:
+        reasons["compile"] = "needs CUDA and Triton"
+        return False
+    if checkpointing or ranks > 1:
+        reasons["compile"] = "off: measured only on one GPU with the activations kept"
+        return False
+    reasons["compile"] = "one GPU, activations kept: seconds of compiling, then steps about a quarter shorter"
+    return True
 
 
 def _plan_fp8(asked: str | bool, available: bool, fits: bool, reasons: dict[str, str]) -> bool:
@@ -195,6 +213,11 @@ def free_memory(device: str) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(torch.device(device))
     return int(free)
+
+
+def compiler_available() -> bool:
+    """Whether `torch.compile` can build GPU kernels here: CUDA and Triton."""
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
 def liger_available() -> bool:

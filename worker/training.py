@@ -22,6 +22,7 @@ from worker.lean_optimizer import lean_optimizer_step
 from worker.model_card import render_model_card
 from worker.performance import (
     compile_decoder_layers,
+    compiler_available,
     copy_base_weights,
     free_memory,
     liger_available,
@@ -133,6 +134,7 @@ def build_trainer(
         free_bytes=sync.least(free_memory(device)),  # every rank plans from the tightest GPU, so all plan alike
         liger_available=liger_available(),
         fp8_available=fp8_supported(device),
+        compiler_available=compiler_available(),
         ranks=world_size(),
     )
     copies = copy_base_weights(model, plan, DTYPES[spec.quantization.compute_dtype])
