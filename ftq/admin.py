@@ -58,7 +58,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    """Revoke a key by id or prefix; requests with it get 401 from then on."""
+    """Revoke a key by id or prefix; requests with it get 401 from then on (the polled reads within the API's
+    `FTQ_KEY_CACHE_TTL`)."""
     from shared.auth import revoke_api_key
     from shared.db import session_scope
     from shared.errors import FtqError

@@ -331,7 +331,6 @@ def test_polls_are_answered_while_every_api_thread_is_taken(client: TestClient, 
     assert answers == [200, 200, 200, 200]
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_the_api_freezes_what_it_holds_at_startup_out_of_the_garbage_collector(env: dict[str, str]) -> None:
     gc.unfreeze()
 
@@ -343,6 +342,7 @@ def test_the_api_freezes_what_it_holds_at_startup_out_of_the_garbage_collector(e
     assert frozen > 10_000  # the app's modules and objects, not a handful
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_the_polled_reads_hold_no_transaction_open_and_cannot_write(database_url: str) -> None:
     """On PostgreSQL the read routes' engine runs each statement in a transaction of its own (a poll holds none open)
     on connections the server keeps read-only, so a write slipped into a read route fails instead of committing."""
