@@ -1,5 +1,6 @@
 """API and queue latency: the real API (one uvicorn process) on PostgreSQL and Redis, loaded from a second process
-on 127.0.0.1, beside a trivial FastAPI endpoint served the same way as the ceiling.
+on 127.0.0.1, beside a trivial FastAPI endpoint served the same way as the ceiling (async; also as a sync `def`, the
+ceiling of earlier runs), and the async one with one round trip to PostgreSQL added.
 
     .venv/bin/python bench/api_load.py                      # 1k then 100k jobs, 32 clients, 8 s per endpoint
     .venv/bin/python bench/api_load.py --jobs 20000 --duration 4
@@ -31,6 +32,8 @@ sys.path.insert(0, str(REPO))
 POSTGRES_ADMIN = os.environ.get("FTQ_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FTQ_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 TRIVIAL_APP = "bench.trivial_app:app"
+CEILING = "trivial FastAPI endpoint (ceiling)"  # async def; the fastest trivial endpoint is the ceiling
+SYNC_TRIVIAL = "trivial FastAPI endpoint, sync def"
 
 
 def create_database() -> str:
@@ -300,7 +303,9 @@ def main() -> int:
         wait_up(f"{api}/healthz")
         wait_up(f"{trivial}/ping")
         ids = seed_jobs(url, owner, 1000, spec, 0)
-        phase("trivial FastAPI endpoint (ceiling)", trivial, 0, method="GET", path="/ping")
+        phase(CEILING, trivial, 0, method="GET", path="/ping-async")
+        phase(SYNC_TRIVIAL, trivial, 0, method="GET", path="/ping")
+        phase("trivial endpoint + one PostgreSQL round trip", trivial, 0, method="GET", path="/ping-db")
         phase("GET /jobs/{id}", api, 1000, method="GET", path="/jobs/{id}", ids=ids)
         phase("GET /jobs (first page)", api, 1000, method="GET", path="/jobs")
         ids += seed_jobs(url, owner, args.jobs - 1000, spec, 1000)
@@ -317,7 +322,7 @@ def main() -> int:
         phase("GET /jobs (first page)", api, args.jobs, method="GET", path="/jobs")
         phase("GET /jobs (a page in the middle)", api, args.jobs, method="GET", path="/jobs", params={"after": deep})
         phase("POST /jobs", api, args.jobs, method="POST", path="/jobs", body=spec)
-        phase("trivial FastAPI endpoint (ceiling)", trivial, 0, method="GET", path="/ping")
+        phase(CEILING, trivial, 0, method="GET", path="/ping-async")
     finally:
         for server in servers:
             server.terminate()
@@ -326,7 +331,7 @@ def main() -> int:
         client.delete(queue, f"{queue}-validate")
         drop_database(url)
 
-    ceiling = max(r["rps"] for r in rows if r["endpoint"].startswith("trivial"))
+    ceiling = max(r["rps"] for r in rows if r["endpoint"] in (CEILING, SYNC_TRIVIAL))
     for row in rows:
         row["of_ceiling"] = round(row["rps"] / ceiling, 3)
     print(f"\n{os.cpu_count()} cores, {args.concurrency} clients ({args.client}), {args.duration:g} s per endpoint")
