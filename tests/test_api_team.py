@@ -3,6 +3,7 @@ limit, and what only an admin may change."""
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -195,17 +196,25 @@ def test_a_new_job_takes_its_owners_priority_and_an_admin_can_change_it(
     assert client.get(f"/jobs/{first}").json()["queue_position"] == 2
 
 
+@contextmanager
+def revoked_after_a_poll(
+    spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch, key_cache_ttl: str
+) -> Iterator[tuple[TestClient, str]]:
+    """A user's client and job, their key revoked right after it read the job (checked, and remembered if cached)."""
+    monkeypatch.setenv("FTQ_KEY_CACHE_TTL", key_cache_ttl)
+    clear_caches()
+    with client_for("leaver") as leaver:
+        job_id = leaver.post("/jobs", json=spec).json()["id"]
+        assert leaver.get(f"/jobs/{job_id}").status_code == 200
+        _revoke_key_of("leaver")
+        yield leaver, job_id
+
+
 def test_a_revoked_key_reads_until_its_cached_check_expires_but_writes_nothing(
     env: dict[str, str], spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The polled reads trust a key checked within `FTQ_KEY_CACHE_TTL` (here an hour); every other route checks it."""
-    monkeypatch.setenv("FTQ_KEY_CACHE_TTL", "3600")
-    clear_caches()
-    with client_for("leaver") as leaver:
-        job_id = leaver.post("/jobs", json=spec).json()["id"]
-        assert leaver.get(f"/jobs/{job_id}").status_code == 200  # the key is checked, and remembered
-        _revoke_key_of("leaver")
-
+    with revoked_after_a_poll(spec, monkeypatch, key_cache_ttl="3600") as (leaver, job_id):
         reads = [leaver.get(path).status_code for path in (f"/jobs/{job_id}", "/jobs", f"/jobs/{job_id}/events")]
         cancel = leaver.post(f"/jobs/{job_id}/cancel")
         me = leaver.get("/me")
@@ -218,13 +227,7 @@ def test_a_revoked_key_reads_until_its_cached_check_expires_but_writes_nothing(
 def test_with_no_key_cache_a_revoked_key_is_refused_by_the_reads_at_once(
     env: dict[str, str], spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FTQ_KEY_CACHE_TTL", "0")
-    clear_caches()
-    with client_for("leaver") as leaver:
-        job_id = leaver.post("/jobs", json=spec).json()["id"]
-        assert leaver.get(f"/jobs/{job_id}").status_code == 200
-        _revoke_key_of("leaver")
-
+    with revoked_after_a_poll(spec, monkeypatch, key_cache_ttl="0") as (leaver, job_id):
         answer = leaver.get(f"/jobs/{job_id}")
 
     assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthorized")
