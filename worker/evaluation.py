@@ -20,6 +20,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 @torch.no_grad()
+@torch.compiler.set_stance("force_eager")
 def generate_answers(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -28,7 +29,9 @@ def generate_answers(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The completion the model writes after each prompt, batched, with left padding as generation needs;
-    `on_batch` hears how many prompts are answered after each batch."""
+    `on_batch` hears how many prompts are answered after each batch. Runs eager where training compiled the
+    decoder layers: generation calls them with a new shape at every token and under other guards (eval mode, no
+    gradients, the adapter off), so each call would recompile, for one pass over the rows."""
     answers: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -18,6 +18,7 @@ and only its rounding order (pin `compile: false` for the recipe's exact numbers
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -292,7 +293,7 @@ def copy_base_weights(model: Any, plan: PerformancePlan, dtype: torch.dtype) -> 
     return {"dequantized": dequantized, "fp8": fp8}
 
 
-def compile_decoder_layers(model: Any) -> int:
+def compile_decoder_layers(model: Any, backend: str | Callable[..., Any] = "inductor") -> int:
     """`torch.compile` each decoder layer in place (regional compilation): the layers share one compiled graph, so
     it compiles once rather than per layer or for the whole model, and its fused kernels replace many small
     launches. Returns how many layers were compiled."""
@@ -300,5 +301,5 @@ def compile_decoder_layers(model: Any) -> int:
 
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend)
     return len(layers)
