@@ -1,8 +1,8 @@
 """The ceilings of bench/api_load.py, served by uvicorn like the API.
 
 `/ping-async` is the smallest FastAPI endpoint; `/ping` the same as a sync `def`, which Starlette runs on its
-thread pool (the ceiling of the runs before 2026-12-07, about a third slower). `/ping-db` adds what no read from the
-database can skip: one round trip to PostgreSQL (`SELECT 1` on a pooled psycopg connection, no ORM, no
+thread pool (the ceiling of the runs before 2026-12-07, at about a third of the speed). `/ping-db` adds what no read
+from the database can skip: one round trip to PostgreSQL (`SELECT 1` on a pooled psycopg connection, no ORM, no
 transaction), so it is about the most a route that reads one row could serve on the same box.
 """
 

@@ -296,7 +296,8 @@ def copy_base_weights(model: Any, plan: PerformancePlan, dtype: torch.dtype) -> 
 def compile_decoder_layers(model: Any, backend: str | Callable[..., Any] = "inductor") -> int:
     """`torch.compile` each decoder layer in place (regional compilation): the layers share one compiled graph, so
     it compiles once rather than per layer or for the whole model, and its fused kernels replace many small
-    launches. Returns how many layers were compiled."""
+    launches (`backend`: torch.compile's; the tests pass one that counts the graphs). Returns how many layers were
+    compiled."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
