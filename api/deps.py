@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.keycache import KeyCache
 from api.ratelimit import TokenBucket
+from api.speccache import SpecCache
 from shared.auth import KeyOwner, find_api_key, find_key_owner, hash_key
 from shared.db import get_sessionmaker, run_read
 from shared.errors import FtqError
@@ -68,6 +69,12 @@ def rate_limiter(rate_per_minute: float, burst: int) -> TokenBucket:
 def key_cache(database_url: str, ttl_s: float) -> KeyCache:  # noqa: ARG001 (a cache per database: see below)
     """The process's cache of checked keys for this database (a key checked in one says nothing of another)."""
     return KeyCache(ttl_s=ttl_s)
+
+
+@cache
+def spec_cache(database_url: str) -> SpecCache:  # noqa: ARG001 (a cache per database, as `key_cache`)
+    """The process's cache of validated job specs for this database."""
+    return SpecCache()
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

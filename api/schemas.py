@@ -93,15 +93,15 @@ class JobRead(BaseModel):
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> "JobRead":
         """Build the API view of a job row."""
-        return cls._build(job, job.owner.name, queue_position)
+        return cls._build(job, JobSpec.model_validate(job.spec), job.owner.name, queue_position)
 
     @classmethod
-    def from_view(cls, view: JobView, queue_position: int | None = None) -> "JobRead":
-        """Build the API view of a job from its shown columns (`shared.jobs.get_job_view`)."""
-        return cls._build(view, view.owner_name, queue_position)
+    def from_view(cls, view: JobView, spec: JobSpec, queue_position: int | None = None) -> "JobRead":
+        """Build the API view of a job from its shown columns (`shared.jobs.get_job_view`) and its validated spec."""
+        return cls._build(view, spec, view.owner_name, queue_position)
 
     @classmethod
-    def _build(cls, job: Job | JobView, owner_name: str, queue_position: int | None) -> "JobRead":
+    def _build(cls, job: Job | JobView, spec: JobSpec, owner_name: str, queue_position: int | None) -> "JobRead":
         error = None
         if job.error_code is not None:
             error = ErrorInfo(code=job.error_code, message=job.error_message or "", param=job.error_param)
@@ -111,7 +111,7 @@ class JobRead(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            spec=JobSpec.model_validate(job.spec),
+            spec=spec,
             progress=Progress.model_validate(job.progress or {}),
             stats=Stats.model_validate(job.stats or {}),
             result=Result.model_validate(job.result or {}),

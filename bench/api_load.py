@@ -71,11 +71,17 @@ def make_key(url: str) -> tuple[str, str]:
 
 
 def seed_jobs(url: str, owner_id: str, count: int, spec: dict[str, Any], start: int) -> list[str]:
-    """Insert `count` jobs in bulk (98% succeeded, the rest failed, cancelled or queued); their ids."""
+    """Insert `count` jobs in bulk (98% succeeded, the rest failed, cancelled or queued), each with its spec as the
+    API stores it (every field resolved) and a succeeded job's result; their ids."""
     from sqlalchemy import insert
 
     from shared.db import session_scope
     from shared.models import Job, JobStatus
+    from shared.spec import JobSpec
+
+    stored_spec = JobSpec.model_validate(spec).model_dump(mode="json")
+    result = {"adapter_path": "/srv/ftq/adapters/ftjob-0/final", "trainable_params": 27262976}
+    result |= {"total_params": 8057524224, "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True}}
 
     now = datetime.now(UTC)
     statuses = [JobStatus.succeeded] * 98 + [JobStatus.failed, JobStatus.cancelled]
@@ -91,11 +97,11 @@ def seed_jobs(url: str, owner_id: str, count: int, spec: dict[str, Any], start: 
                     "id": job_id,
                     "owner_id": owner_id,
                     "status": status,
-                    "spec": spec,
+                    "spec": stored_spec,
                     "metadata": {},
                     "progress": {"step": 10, "total_steps": 10, "loss": 1.5},
                     "stats": {"rows": 160},
-                    "result": {},
+                    "result": result if status is JobStatus.succeeded else {},
                     "attempt": 1,
                     "priority": 0,
                     "created_at": now - timedelta(seconds=(start + count - n)),

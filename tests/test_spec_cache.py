@@ -1,0 +1,88 @@
+"""The polled reads validate each job's spec once per process (`api.speccache`): a spec never changes once stored."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import event
+
+from api.speccache import SpecCache
+from shared.db import get_async_engine
+from shared.spec import JobSpec
+from tests.conftest import client_for
+
+
+@contextmanager
+def statements_reading_specs() -> Iterator[list[str]]:
+    """The statements the read routes send meanwhile that select the jobs' `spec` column."""
+    engine = get_async_engine().sync_engine
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if "jobs.spec" in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_page_read_again_takes_its_specs_from_memory_and_shows_the_same(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    created = [client.post("/jobs", json={**spec, "metadata": {"n": str(n)}}).json() for n in range(3)]
+
+    with statements_reading_specs() as first_reads:
+        first = client.get("/jobs").json()
+    with statements_reading_specs() as second_reads:
+        second = client.get("/jobs").json()
+        polled = client.get(f"/jobs/{created[0]['id']}").json()
+
+    assert len(first_reads) == 1, "one query for the page's specs"
+    assert second_reads == [], "the page and a poll of one of its jobs read no spec again"
+    assert second == first
+    assert [job["spec"] for job in first["data"]] == [job["spec"] for job in reversed(created)]
+    assert polled == created[0]
+
+
+def test_a_poll_reads_a_jobs_spec_once_and_never_shows_another_owners_job(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    job = client.post("/jobs", json=spec).json()
+    with client_for("stranger") as stranger:
+        assert stranger.get(f"/jobs/{job['id']}").status_code == 404  # and its spec was not cached for them
+        assert stranger.get("/jobs").json()["data"] == []
+
+    with statements_reading_specs() as reads:
+        first = client.get(f"/jobs/{job['id']}").json()
+        again = client.get(f"/jobs/{job['id']}").json()
+
+    assert len(reads) == 1
+    assert first == again == job
+
+
+def test_the_cache_keeps_the_most_recently_used_specs_up_to_its_bound() -> None:
+    stored = JobSpec.model_validate({"base_model": "org/model", "dataset": {"id": "org/rows"}}).model_dump(mode="json")
+    cache = SpecCache(max_entries=2)
+    cache.put("ftjob-a", stored)
+    cache.put("ftjob-b", stored)
+    assert cache.get("ftjob-a") is not None  # now the most recently used
+
+    cache.put("ftjob-c", stored)
+
+    assert cache.get("ftjob-b") is None
+    assert cache.get("ftjob-a") == cache.get("ftjob-c") == JobSpec.model_validate(stored)
+
+
+def test_a_stored_spec_that_does_not_validate_is_not_remembered() -> None:
+    cache = SpecCache()
+
+    with pytest.raises(ValidationError):
+        cache.put("ftjob-x", {"base_model": ""})
+
+    assert cache.get("ftjob-x") is None
