@@ -132,8 +132,8 @@ def get_job(*, session: Session, job_id: str, owner_id: str | None = None) -> Jo
 
 # What a job is shown with (`api.schemas.JobRead`): its columns under their attribute names and its owner's name, read
 # as plain rows by one Core statement. The reads that scripts poll build no ORM objects (loading one cost a poll more
-# than its query). The spec is read apart from the rest where the reader keeps specs it has validated (it never
-# changes once stored, and a page's specs were half of its decoding and validating).
+# than its query). A page of them is read without the specs, which its reader keeps as it validated them
+# (`api.speccache`): a spec never changes once stored, and a page's specs were half of its decoding and validating.
 SHOWN_COLUMNS = (
     "id", "owner_id", "status", "priority", "metadata_", "progress", "stats", "result", "error_code",
     "error_message", "error_param", "attempt", "worker", "preemptions", "created_at", "started_at", "finished_at",
@@ -141,21 +141,15 @@ SHOWN_COLUMNS = (
 )  # fmt: skip
 _SHOWN = (*(getattr(Job, name).label(name) for name in SHOWN_COLUMNS), User.name.label("owner_name"))
 JOB_VIEWS = select(*_SHOWN).join(User, User.id == Job.owner_id)
-JOB_VIEW_BY_ID = JOB_VIEWS.where(Job.id == bindparam("job_id"))
-JOB_VIEW_WITH_SPEC_BY_ID = (
-    select(*_SHOWN, Job.spec).join(User, User.id == Job.owner_id).where(Job.id == bindparam("job_id"))
-)
+JOB_VIEW_BY_ID = select(*_SHOWN, Job.spec).join(User, User.id == Job.owner_id).where(Job.id == bindparam("job_id"))
 SPECS_BY_ID = select(Job.id, Job.spec).where(Job.id.in_(bindparam("job_ids", expanding=True)))
 JobView = Row[*tuple[Any, ...]]  # a row of JOB_VIEWS: attributes named as in SHOWN_COLUMNS, and owner_name
 
 
-def get_job_view(
-    *, connection: Connection, job_id: str, owner_id: str | None = None, with_spec: bool = True
-) -> JobView:
-    """The job with this id (of this owner, when one is given) as it is shown (with its stored `spec`, unless
-    `with_spec` is false), or JobNotFound."""
-    query = JOB_VIEW_WITH_SPEC_BY_ID if with_spec else JOB_VIEW_BY_ID
-    view = connection.execute(query, {"job_id": job_id}).one_or_none()
+def get_job_view(*, connection: Connection, job_id: str, owner_id: str | None = None) -> JobView:
+    """The job with this id (of this owner, when one is given) as it is shown, with its stored `spec`, or
+    JobNotFound."""
+    view = connection.execute(JOB_VIEW_BY_ID, {"job_id": job_id}).one_or_none()
     if view is None or (owner_id is not None and view.owner_id != owner_id):
         raise JobNotFound(f"no job {job_id!r}", param="job_id")
     return view

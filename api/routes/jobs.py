@@ -190,17 +190,14 @@ def _page_of_jobs(
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
 async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> JobRead:
     """Get one job: status, progress, stats, result and error."""
-    return await run_read(_view_as_shown, job_id, owner_scope(user), spec_cache(get_settings().db_url))
+    return await run_read(_view_as_shown, job_id, owner_scope(user))
 
 
-def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None, specs: SpecCache) -> JobRead:
+def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None) -> JobRead:
     """The job as the API shows it, with its place in the queue while it waits (from plain rows)."""
-    spec = specs.get(job_id)
-    view = get_job_view(connection=connection, job_id=job_id, owner_id=owner_id, with_spec=spec is None)
-    if spec is None:  # put only now: the owner has been checked
-        spec = specs.put(view.id, view.spec)
+    view = get_job_view(connection=connection, job_id=job_id, owner_id=owner_id)
     place = _queue_positions(connection).get(view.id) if view.status is JobStatus.queued else None
-    return JobRead.from_view(view, spec, place)
+    return JobRead.from_view(view, JobSpec.model_validate(view.spec), place)
 
 
 def _queue_positions(connection: Connection) -> dict[str, int]:
