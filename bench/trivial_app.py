@@ -12,19 +12,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
 POOL_SIZE = 8
+POSTGRES_URL = os.environ.get("DATABASE_URL", "").replace("postgresql+psycopg://", "postgresql://")
 pool: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     """Open the pool's connections when DATABASE_URL names a database."""
-    url = os.environ.get("DATABASE_URL", "").replace("postgresql+psycopg://", "postgresql://")
-    if url.startswith("postgresql://"):
+    if POSTGRES_URL.startswith("postgresql://"):
         for _ in range(POOL_SIZE):
-            pool.put_nowait(await psycopg.AsyncConnection.connect(url, autocommit=True))
+            pool.put_nowait(await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True))
     yield
     while not pool.empty():
         await pool.get_nowait().close()
@@ -47,7 +47,9 @@ async def ping_async() -> dict[str, str]:
 
 @app.get("/ping-db")
 async def ping_db() -> dict[str, int]:
-    """Answer after one round trip to PostgreSQL."""
+    """Answer after one round trip to PostgreSQL (503 when DATABASE_URL names none: nothing to wait for)."""
+    if not POSTGRES_URL.startswith("postgresql://"):
+        raise HTTPException(503, "DATABASE_URL names no PostgreSQL database")
     connection = await pool.get()
     try:
         row = await (await connection.execute("SELECT 1")).fetchone()
