@@ -141,7 +141,7 @@ SHOWN_COLUMNS = (
 )  # fmt: skip
 _SHOWN = (*(getattr(Job, name).label(name) for name in SHOWN_COLUMNS), User.name.label("owner_name"))
 JOB_VIEWS = select(*_SHOWN).join(User, User.id == Job.owner_id)
-JOB_VIEW_BY_ID = select(*_SHOWN, Job.spec).join(User, User.id == Job.owner_id).where(Job.id == bindparam("job_id"))
+JOB_VIEW_BY_ID = JOB_VIEWS.add_columns(Job.spec).where(Job.id == bindparam("job_id"))
 SPECS_BY_ID = select(Job.id, Job.spec).where(Job.id.in_(bindparam("job_ids", expanding=True)))
 JobView = Row[*tuple[Any, ...]]  # a row of JOB_VIEWS: attributes named as in SHOWN_COLUMNS, and owner_name
 
