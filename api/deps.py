@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from api.keycache import KeyCache
 from api.ratelimit import TokenBucket
 from api.speccache import SpecCache
+from api.viewcache import JobViewCache
 from shared.auth import KeyOwner, find_api_key, find_key_owner, hash_key
 from shared.db import get_sessionmaker, run_read
 from shared.errors import FtqError
@@ -75,6 +76,12 @@ def key_cache(database_url: str, ttl_s: float) -> KeyCache:  # noqa: ARG001 (a c
 def spec_cache(database_url: str) -> SpecCache:  # noqa: ARG001 (a cache per database, as `key_cache`)
     """The process's cache of validated job specs for this database."""
     return SpecCache()
+
+
+@cache
+def job_view_cache(database_url: str, max_entries: int) -> JobViewCache:  # noqa: ARG001 (as `key_cache`)
+    """The process's cache of shown jobs for this database (`api.viewcache`; live once its listener runs)."""
+    return JobViewCache(max_entries=max_entries)
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

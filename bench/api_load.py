@@ -7,7 +7,8 @@ ceiling of earlier runs), and the async one with one round trip to PostgreSQL ad
 
 It makes a throwaway PostgreSQL database and Redis queue names of its own, seeds jobs straight into the table
 (mostly finished, a few queued, as on a team's box), measures `GET /jobs/{id}`, `GET /jobs` (first page and a deep
-keyset page) at 1k jobs and again at the full count, and `POST /jobs` (which commits the job and publishes its
+keyset page) at 1k jobs and again at the full count, `GET /jobs/{id}` of 8 jobs whose progress is written 80
+times a second meanwhile (the polls that follow changes), and `POST /jobs` (which commits the job and publishes its
 message to Redis), then drops what it made. Prints a table and writes JSON to --out.
 """
 
@@ -19,9 +20,11 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ REDIS_URL = os.environ.get("FTQ_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 TRIVIAL_APP = "bench.trivial_app:app"
 CEILING = "trivial FastAPI endpoint (ceiling)"  # async def; the fastest trivial endpoint is the ceiling
 SYNC_TRIVIAL = "trivial FastAPI endpoint, sync def"
+RUNNING_POLLS = "GET /jobs/{id}, 8 running jobs updated 80 times a second in all"
 
 
 def create_database() -> str:
@@ -122,6 +126,34 @@ def analyze(url: str) -> None:
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE jobs")
+
+
+@contextmanager
+def progress_writer(url: str, job_ids: list[str], per_s: float) -> Iterator[dict[str, float]]:
+    """Mark the jobs running and, meanwhile, update their progress `per_s` times a second in all (round robin), as
+    their workers would; yields a dict that holds the updates made a second, once done."""
+    import psycopg
+
+    done = threading.Event()
+    made = {"updates_per_s": 0.0}
+
+    def write() -> None:
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+            conn.execute("UPDATE jobs SET status = 'running' WHERE id = ANY(%s)", (job_ids,))
+            began, step = time.perf_counter(), 0
+            while not done.wait(max(0.0, began + step / per_s - time.perf_counter())):
+                progress = json.dumps({"step": step, "total_steps": 1_000_000, "loss": 1.5})
+                conn.execute("UPDATE jobs SET progress = %s WHERE id = %s", (progress, job_ids[step % len(job_ids)]))
+                step += 1
+            made["updates_per_s"] = round(step / (time.perf_counter() - began), 1)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        yield made
+    finally:
+        done.set()
+        thread.join()
 
 
 def start_server(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -325,6 +357,12 @@ def main() -> int:
             path="/jobs/{id}",
             ids=random.sample(ids, min(5000, len(ids))),
         )
+        # What scripts poll most: jobs that are training, each writing its progress (here 10x a second, ten times
+        # the default FTQ_PROGRESS_INTERVAL), so a poll often follows a change.
+        running = ids[1:9]
+        with progress_writer(url, running, per_s=80) as writes:
+            phase(RUNNING_POLLS, api, args.jobs, method="GET", path="/jobs/{id}", ids=running)
+        rows[-1].update(writes)
         phase("GET /jobs (first page)", api, args.jobs, method="GET", path="/jobs")
         phase("GET /jobs (a page in the middle)", api, args.jobs, method="GET", path="/jobs", params={"after": deep})
         phase("POST /jobs", api, args.jobs, method="POST", path="/jobs", body=spec)

@@ -14,7 +14,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api.deps import key_cache, spec_cache
+from api.deps import job_view_cache, key_cache, spec_cache
 from api.main import create_app
 from shared.auth import create_api_key
 from shared.db import reset_engines, session_scope
@@ -41,11 +41,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def clear_caches() -> None:
-    """Forget cached settings, engines, checked keys, validated specs and the Celery client after the environment
-    changed."""
+    """Forget cached settings, engines, checked keys, validated specs, shown jobs and the Celery client after the
+    environment changed."""
     get_settings.cache_clear()
     key_cache.cache_clear()
     spec_cache.cache_clear()
+    job_view_cache.cache_clear()
     get_celery.cache_clear()
     reset_engines()
 

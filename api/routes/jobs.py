@@ -15,12 +15,14 @@ from api.deps import (
     JobId,
     SessionDep,
     SettingsDep,
+    job_view_cache,
     owner_scope,
     spec_cache,
 )
 from api.errors_doc import COMMON, errors
 from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
 from api.speccache import SpecCache
+from api.viewcache import JobViewCache
 from shared.db import run_read
 from shared.errors import FtqError, InvalidInput
 from shared.files import check_dataset_file
@@ -188,16 +190,31 @@ def _page_of_jobs(
 
 
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
-async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> JobRead:
+async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> Response:
     """Get one job: status, progress, stats, result and error."""
-    return await run_read(_view_as_shown, job_id, owner_scope(user))
+    owner_id, views = owner_scope(user), _job_views()
+    view = views.get(job_id, owner_id)
+    if view is None:
+        read_at = views.generation
+        job, job_owner_id = await run_read(_view_as_shown, job_id, owner_id)
+        view = job.model_dump_json().encode()
+        if job.status is not JobStatus.queued:  # a queued job's place moves with other jobs
+            views.put(job_id, job_owner_id, view, read_at)
+    # Sent as read or kept: FastAPI would validate the model once more only to write the same JSON.
+    return Response(view, media_type="application/json")
 
 
-def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None) -> JobRead:
-    """The job as the API shows it, with its place in the queue while it waits (from plain rows)."""
+def _job_views() -> JobViewCache:
+    settings = get_settings()
+    return job_view_cache(settings.db_url, settings.job_view_cache_size)
+
+
+def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None) -> tuple[JobRead, str]:
+    """The job as the API shows it, with its place in the queue while it waits (from plain rows), and its owner's
+    id."""
     view = get_job_view(connection=connection, job_id=job_id, owner_id=owner_id)
     place = _queue_positions(connection).get(view.id) if view.status is JobStatus.queued else None
-    return JobRead.from_view(view, JobSpec.model_validate(view.spec), place)
+    return JobRead.from_view(view, JobSpec.model_validate(view.spec), place), view.owner_id
 
 
 def _queue_positions(connection: Connection) -> dict[str, int]:
@@ -217,6 +234,7 @@ def cancel_fine_tune_job(job_id: JobId, session: SessionDep, user: CurrentUser) 
     """Cancel a job: a queued one never starts, a running one stops at its next step (409 once it has ended)."""
     job = cancel_job(session=session, job=get_job(session=session, job_id=job_id, owner_id=owner_scope(user)))
     session.commit()
+    _job_views().drop(job_id)  # the caller's next poll shows the change even before its notification arrives
     return JobRead.from_job(job)
 
 
@@ -225,4 +243,5 @@ def update_fine_tune_job(job_id: JobId, patch: JobPatch, session: SessionDep, _a
     """Change a job's priority (admins only): higher starts sooner among jobs of equal fair share."""
     job = set_job_priority(session=session, job=get_job(session=session, job_id=job_id), priority=patch.priority)
     session.commit()
+    _job_views().drop(job_id)  # as in `cancel_fine_tune_job`
     return JobRead.from_job(job, queue_positions(session=session).get(job.id))

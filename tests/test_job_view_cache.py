@@ -1,0 +1,202 @@
+"""`GET /jobs/{id}` answers a poll of an unchanged job from memory on PostgreSQL (`api.viewcache`), and shows a
+change as soon as the database notifies it, whoever made it (`api.jobwatch`)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from api.deps import job_view_cache
+from api.jobwatch import libpq_url
+from api.viewcache import JobViewCache
+from shared.db import get_async_engine
+from shared.settings import get_settings
+from tests.conftest import client_for
+from tests.services import wait_until
+
+on_postgres = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+
+def views() -> JobViewCache:
+    """The API process's cache (the test client runs the app in this process)."""
+    settings = get_settings()
+    return job_view_cache(settings.db_url, settings.job_view_cache_size)
+
+
+@contextmanager
+def statements_reading_jobs() -> Iterator[list[str]]:
+    """The statements the read routes send meanwhile that read the jobs table."""
+    engine = get_async_engine().sync_engine
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if "FROM jobs" in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def run_sql(statement: str, *params: Any) -> None:
+    """Change the database from a connection of its own, as a worker or an operator would."""
+    with psycopg.connect(libpq_url(get_settings().db_url), autocommit=True) as connection:
+        connection.execute(statement, params)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def watched(client: TestClient) -> TestClient:
+    """The client, once its API listens for job changes."""
+    wait_until(lambda: views().live, timeout_s=10, what="the job watch to listen")
+    return client
+
+
+@on_postgres
+def test_a_poll_of_an_unchanged_job_reads_nothing_and_a_change_made_elsewhere_shows(
+    watched: TestClient, spec: dict[str, Any]
+) -> None:
+    job = watched.post("/jobs", json=spec).json()
+    first = watched.get(f"/jobs/{job['id']}").json()
+
+    with statements_reading_jobs() as reads:
+        again = watched.get(f"/jobs/{job['id']}").json()
+    assert reads == [], "the unchanged job is answered from memory"
+    assert again == first
+
+    run_sql("UPDATE jobs SET progress = %s WHERE id = %s", '{"step": 7, "total_steps": 9}', job["id"])
+    wait_until(
+        lambda: watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 7,
+        timeout_s=10,
+        what="the change to show",
+    )
+    with statements_reading_jobs() as reads:
+        assert watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 7
+    assert reads == [], "the changed job is kept again once read"
+
+
+@on_postgres
+def test_when_the_watch_loses_its_connection_polls_read_the_database_until_it_listens_again(
+    watched: TestClient, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("api.jobwatch.RETRY_S", 3.0)  # time to look while it is away
+    job = watched.post("/jobs", json=spec).json()
+    watched.get(f"/jobs/{job['id']}")
+
+    run_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'ftq-api-job-watch' AND datname = current_database()"
+    )
+    wait_until(lambda: not views().live, timeout_s=10, what="the job watch to notice")
+    # Made while no one listens: its notification reaches no one, so the kept view must have gone with the watch.
+    run_sql("UPDATE jobs SET progress = %s WHERE id = %s", '{"step": 3, "total_steps": 9}', job["id"])
+    assert watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 3
+
+    wait_until(lambda: views().live, timeout_s=10, what="the job watch to listen again")
+    watched.get(f"/jobs/{job['id']}")
+    run_sql("UPDATE jobs SET progress = %s WHERE id = %s", '{"step": 4, "total_steps": 9}', job["id"])
+    wait_until(
+        lambda: watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 4,
+        timeout_s=10,
+        what="a change after the reconnect to show",
+    )
+
+
+@on_postgres
+def test_a_queued_job_is_never_kept_since_its_place_moves_when_others_start(
+    watched: TestClient, spec: dict[str, Any]
+) -> None:
+    ahead, behind = (watched.post("/jobs", json=spec).json()["id"] for _ in range(2))
+    run_sql("UPDATE jobs SET status = 'queued' WHERE id IN (%s, %s)", ahead, behind)
+    assert watched.get(f"/jobs/{behind}").json()["queue_position"] == 2
+
+    run_sql("UPDATE jobs SET status = 'running' WHERE id = %s", ahead)  # notifies `ahead` only
+
+    assert watched.get(f"/jobs/{behind}").json()["queue_position"] == 1
+
+
+@on_postgres
+def test_a_kept_job_is_shown_to_no_one_else_but_an_admin(watched: TestClient, spec: dict[str, Any]) -> None:
+    job = watched.post("/jobs", json=spec).json()
+    shown = watched.get(f"/jobs/{job['id']}").json()
+
+    with client_for("stranger") as stranger:
+        assert stranger.get(f"/jobs/{job['id']}").status_code == 404
+    with client_for("root", admin=True) as admin:
+        assert admin.get(f"/jobs/{job['id']}").json() == shown
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_cancel_shows_in_the_callers_next_poll_before_any_notification(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    views().listening(True)  # a cache that hears of no change, as when the notification is still on its way
+    job = client.post("/jobs", json=spec).json()
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "validating"
+    assert views().get(job["id"], None) is not None
+
+    client.post(f"/jobs/{job['id']}/cancel")
+
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_on_sqlite_nothing_is_kept_and_every_poll_reads_the_database(client: TestClient, spec: dict[str, Any]) -> None:
+    job = client.post("/jobs", json=spec).json()
+    client.get(f"/jobs/{job['id']}")
+
+    with statements_reading_jobs() as reads:
+        client.get(f"/jobs/{job['id']}")
+
+    assert reads, "SQLite cannot notify changes, so nothing may be served from memory"
+    assert not views().live and views().entries == {}
+
+
+def test_a_view_read_before_its_job_changed_is_not_kept_but_one_of_another_job_is() -> None:
+    cache = JobViewCache(max_entries=10)
+    cache.listening(True)
+    read_at = cache.generation
+
+    cache.drop("ftjob-a")  # its change may be newer than what the read saw: the notification came after it began
+    cache.put("ftjob-a", "user-1", b"a", read_at)
+    cache.put("ftjob-b", "user-1", b"b", read_at)
+
+    assert cache.get("ftjob-a", None) is None
+    assert cache.get("ftjob-b", "user-1") == b"b"
+    assert cache.get("ftjob-b", "user-2") is None
+    cache.put("ftjob-a", "user-1", b"a", cache.generation)
+    assert cache.get("ftjob-a", "user-1") == b"a"
+
+
+def test_once_the_drops_noted_overflow_no_read_begun_before_is_kept() -> None:
+    cache = JobViewCache(max_entries=10, max_notes=2)
+    cache.listening(True)
+    read_at = cache.generation
+
+    for job_id in ("ftjob-x", "ftjob-y", "ftjob-z"):
+        cache.drop(job_id)
+    cache.put("ftjob-a", "u", b"a", read_at)  # which jobs changed during this read is no longer known
+
+    assert cache.get("ftjob-a", None) is None
+    assert len(cache.dropped_at) <= 2
+    cache.put("ftjob-a", "u", b"a", cache.generation)
+    assert cache.get("ftjob-a", None) == b"a"
+
+
+def test_nothing_is_kept_while_no_one_listens_and_the_oldest_goes_first() -> None:
+    cache = JobViewCache(max_entries=2)
+    cache.put("ftjob-a", "u", b"a", cache.generation)
+    assert cache.get("ftjob-a", None) is None, "not listening yet"
+
+    cache.listening(True)
+    for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
+        cache.put(job_id, "u", job_id.encode(), cache.generation)
+    assert list(cache.entries) == ["ftjob-b", "ftjob-c"]
+
+    cache.listening(False)
+    assert cache.entries == {}
