@@ -6,10 +6,19 @@ change at most the notification's trip (milliseconds) after its commit, as a pol
 Nothing is served or kept while the listener is not connected, and the cache starts empty each time it connects.
 Jobs in the queue are never kept: their place moves when other jobs start. Views are kept as the JSON sent, bytes
 the garbage collector does not walk (kept as validated models, 2,048 specs had cost the polls 11-14% in collection).
+
+A job that changed is read once for all the polls that ask while it is being read (`shown`): when clients poll a
+few running jobs, each progress write would otherwise send every poll of that job in the next milliseconds to the
+database.
 """
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+
+Shown = tuple[str, bytes, bool]  # a job's owner's id, the JSON of its view, and whether that view may be kept
 
 
 @dataclass
@@ -27,6 +36,31 @@ class JobViewCache:
     max_notes: int = 10_000
     live: bool = False  # only while the listener is connected
     lock: threading.Lock = field(default_factory=threading.Lock)  # routes on the thread pool drop too
+    reads: dict[str, tuple[int, "asyncio.Task[Shown]"]] = field(default_factory=dict)  # in flight: (read_at, task)
+
+    async def shown(self, job_id: str, read: Callable[[str], Awaitable[Shown]]) -> tuple[str, bytes]:
+        """The job's owner's id and view: kept, or read by `read`, once for all the polls that ask meanwhile
+        (unless the job changed after that read began)."""
+        entry = self.entries.get(job_id)
+        if entry is not None:
+            return entry
+        pending = self.reads.get(job_id)
+        if pending is None or self.dropped_at.get(job_id, -1) > pending[0]:
+            # A task of its own, so that a poll that goes away does not take the read from the others.
+            pending = (self.generation, asyncio.ensure_future(read(job_id)))
+            self.reads[job_id] = pending
+            pending[1].add_done_callback(partial(self._read_done, job_id, pending))
+        owner_id, view, _keep = await asyncio.shield(pending[1])
+        return owner_id, view
+
+    def _read_done(self, job_id: str, pending: tuple[int, "asyncio.Task[Shown]"], task: "asyncio.Task[Shown]") -> None:
+        if self.reads.get(job_id) is pending:
+            del self.reads[job_id]
+        if task.cancelled() or task.exception() is not None:  # each poll that waited raises it
+            return
+        owner_id, view, keep = task.result()
+        if keep:
+            self.put(job_id, owner_id, view, pending[0])
 
     def get(self, job_id: str, owner_id: str | None) -> bytes | None:
         """The view kept of the job, if `owner_id` may see it (None: anyone may); else None."""

@@ -1,6 +1,7 @@
 """`GET /jobs/{id}` answers a poll of an unchanged job from memory on PostgreSQL (`api.viewcache`), and shows a
 change as soon as the database notifies it, whoever made it (`api.jobwatch`)."""
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import event
 
 from api.deps import job_view_cache
 from api.jobwatch import libpq_url
-from api.viewcache import JobViewCache
+from api.viewcache import JobViewCache, Shown
 from shared.db import get_async_engine
 from shared.settings import get_settings
 from tests.conftest import client_for
@@ -200,3 +201,56 @@ def test_nothing_is_kept_while_no_one_listens_and_the_oldest_goes_first() -> Non
 
     cache.listening(False)
     assert cache.entries == {}
+
+
+class SlowRead:
+    """A read of a job that waits until released, counting how often it was made."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.released = asyncio.Event()
+
+    async def __call__(self, job_id: str) -> Shown:
+        self.calls += 1
+        number = self.calls
+        await self.released.wait()
+        return "u", f"{job_id}:{number}".encode(), True
+
+
+def test_polls_that_ask_while_a_job_is_read_share_the_read_even_if_the_first_goes_away() -> None:
+    async def scenario() -> tuple[int, list[tuple[str, bytes]], JobViewCache]:
+        cache, read = JobViewCache(max_entries=10), SlowRead()
+        cache.listening(True)
+        polls = [asyncio.ensure_future(cache.shown("ftjob-a", read)) for _ in range(5)]
+        await asyncio.sleep(0)
+        polls[0].cancel()  # its client hung up
+        read.released.set()
+        shown = await asyncio.gather(*polls[1:])
+        return read.calls, shown, cache
+
+    calls, shown, cache = asyncio.run(scenario())
+
+    assert calls == 1
+    assert shown == [("u", b"ftjob-a:1")] * 4
+    assert cache.get("ftjob-a", None) == b"ftjob-a:1", "kept for the next polls"
+
+
+def test_a_poll_after_its_job_changed_does_not_share_a_read_begun_before_the_change() -> None:
+    async def scenario() -> tuple[int, tuple[str, bytes], tuple[str, bytes], JobViewCache]:
+        cache, read = JobViewCache(max_entries=10), SlowRead()
+        cache.listening(True)
+        before = asyncio.ensure_future(cache.shown("ftjob-a", read))
+        await asyncio.sleep(0)
+        cache.drop("ftjob-a")
+        after = asyncio.ensure_future(cache.shown("ftjob-a", read))
+        await asyncio.sleep(0)
+        read.released.set()
+        shown_before, shown_after = await before, await after
+        return read.calls, shown_before, shown_after, cache
+
+    calls, before, after, cache = asyncio.run(scenario())
+
+    assert calls == 2
+    assert before == ("u", b"ftjob-a:1")
+    assert after == ("u", b"ftjob-a:2")
+    assert cache.get("ftjob-a", None) == b"ftjob-a:2", "only the read begun after the change is kept"

@@ -22,9 +22,9 @@ from api.deps import (
 from api.errors_doc import COMMON, errors
 from api.schemas import DryRun, JobList, JobPatch, JobRead, Stats
 from api.speccache import SpecCache
-from api.viewcache import JobViewCache
+from api.viewcache import JobViewCache, Shown
 from shared.db import run_read
-from shared.errors import FtqError, InvalidInput
+from shared.errors import FtqError, InvalidInput, JobNotFound
 from shared.files import check_dataset_file
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import complete_key, release_key, request_hash, reserve_key
@@ -192,16 +192,11 @@ def _page_of_jobs(
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
 async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> Response:
     """Get one job: status, progress, stats, result and error."""
-    owner_id, views = owner_scope(user), _job_views()
-    view = views.get(job_id, owner_id)
-    if view is None:
-        read_at = views.generation
-        job, job_owner_id = await run_read(_view_as_shown, job_id, owner_id)
-        view = job.model_dump_json().encode()
-        if job.status is not JobStatus.queued:  # a queued job's place moves with other jobs
-            views.put(job_id, job_owner_id, view, read_at)
-    # Sent as read or kept: FastAPI would validate the model once more only to write the same JSON.
-    return Response(view, media_type="application/json")
+    job_owner_id, view = await _job_views().shown(job_id, _read_shown)
+    if owner_scope(user) in (None, job_owner_id):
+        # Sent as kept or read: FastAPI would validate the model once more only to write the same JSON.
+        return Response(view, media_type="application/json")
+    raise JobNotFound(f"no job {job_id!r}", param="job_id")
 
 
 def _job_views() -> JobViewCache:
@@ -209,10 +204,16 @@ def _job_views() -> JobViewCache:
     return job_view_cache(settings.db_url, settings.job_view_cache_size)
 
 
-def _view_as_shown(connection: Connection, job_id: str, owner_id: str | None) -> tuple[JobRead, str]:
+async def _read_shown(job_id: str) -> Shown:
+    """Whose the job is and its view's JSON, read for anyone (each poll checks its caller may see it)."""
+    job, owner_id = await run_read(_view_as_shown, job_id)
+    return owner_id, job.model_dump_json().encode(), job.status is not JobStatus.queued  # a queued job's place moves
+
+
+def _view_as_shown(connection: Connection, job_id: str) -> tuple[JobRead, str]:
     """The job as the API shows it, with its place in the queue while it waits (from plain rows), and its owner's
     id."""
-    view = get_job_view(connection=connection, job_id=job_id, owner_id=owner_id)
+    view = get_job_view(connection=connection, job_id=job_id)
     place = _queue_positions(connection).get(view.id) if view.status is JobStatus.queued else None
     return JobRead.from_view(view, JobSpec.model_validate(view.spec), place), view.owner_id
 
