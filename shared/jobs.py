@@ -132,8 +132,9 @@ def get_job(*, session: Session, job_id: str, owner_id: str | None = None) -> Jo
 
 # What a job is shown with (`api.schemas.JobRead`): its columns under their attribute names and its owner's name, read
 # as plain rows by one Core statement. The reads that scripts poll build no ORM objects (loading one cost a poll more
-# than its query). A page of them is read without the specs, which its reader keeps as it validated them
-# (`api.speccache`): a spec never changes once stored, and a page's specs were half of its decoding and validating.
+# than its query). A page is read as ids first: the API shows the jobs it keeps (`api.viewcache`) as kept, and reads
+# the rest by id, without the specs, which it keeps as it validated them (`api.speccache`): a spec never changes once
+# stored, and a page's specs were half of its decoding and validating.
 SHOWN_COLUMNS = (
     "id", "owner_id", "status", "priority", "metadata_", "progress", "stats", "result", "error_code",
     "error_message", "error_param", "attempt", "worker", "preemptions", "created_at", "started_at", "finished_at",
@@ -142,6 +143,7 @@ SHOWN_COLUMNS = (
 _SHOWN = (*(getattr(Job, name).label(name) for name in SHOWN_COLUMNS), User.name.label("owner_name"))
 JOB_VIEWS = select(*_SHOWN).join(User, User.id == Job.owner_id)
 JOB_VIEW_BY_ID = JOB_VIEWS.add_columns(Job.spec).where(Job.id == bindparam("job_id"))
+JOB_VIEWS_BY_ID = JOB_VIEWS.where(Job.id.in_(bindparam("job_ids", expanding=True)))
 SPECS_BY_ID = select(Job.id, Job.spec).where(Job.id.in_(bindparam("job_ids", expanding=True)))
 JobView = Row[*tuple[Any, ...]]  # a row of JOB_VIEWS: attributes named as in SHOWN_COLUMNS, and owner_name
 
@@ -155,17 +157,17 @@ def get_job_view(*, connection: Connection, job_id: str, owner_id: str | None = 
     return view
 
 
-def list_job_views(
+def list_job_ids(
     *,
     connection: Connection,
     limit: int,
     after: str | None = None,
     status: JobStatus | None = None,
     owner_id: str | None = None,
-) -> tuple[list[JobView], bool]:
-    """Jobs newest first (of one owner, when given), `limit` of them after the cursor job, and whether more follow.
-    Without their specs: see `job_specs`."""
-    query = JOB_VIEWS.order_by(Job.created_at.desc(), Job.id.desc())
+) -> tuple[list[Row[str, JobStatus]], bool]:
+    """A page of jobs newest first (of one owner, when given) as (id, status) rows: `limit` of them after the cursor
+    job, and whether more follow. What each is shown as: `job_views` (and `job_specs`)."""
+    query = select(Job.id, Job.status).order_by(Job.created_at.desc(), Job.id.desc())
     if owner_id is not None:
         query = query.where(Job.owner_id == owner_id)
     if status is not None:
@@ -179,6 +181,13 @@ def list_job_views(
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
     rows = list(connection.execute(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def job_views(*, connection: Connection, job_ids: list[str]) -> list[JobView]:
+    """These jobs as they are shown, without their specs (one query, in no particular order; none for no ids)."""
+    if not job_ids:
+        return []
+    return list(connection.execute(JOB_VIEWS_BY_ID, {"job_ids": job_ids}))
 
 
 def job_specs(*, connection: Connection, job_ids: list[str]) -> dict[str, dict[str, Any]]:

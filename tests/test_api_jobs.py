@@ -336,8 +336,9 @@ def test_a_burst_of_polls_larger_than_the_read_pool_takes_turns_on_its_connectio
     client: TestClient, spec: dict[str, Any]
 ) -> None:
     """More polls at once than the read pool holds wait for its connections instead of opening more: opening extra
-    connections for a burst and closing them after it had cost polls most of their p99 under 32 clients."""
-    job_id = client.post("/jobs", json=spec).json()["id"]
+    connections for a burst and closing them after it had cost polls most of their p99 under 32 clients. (Polls of
+    the job list: polls of one job while it is read share that read.)"""
+    client.post("/jobs", json=spec)
     pool = get_async_engine().pool
     opened: list[object] = []
 
@@ -349,7 +350,7 @@ def test_a_burst_of_polls_larger_than_the_read_pool_takes_turns_on_its_connectio
     async def burst() -> list[int]:
         transport = httpx.ASGITransport(app=client.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ftq", headers=client.headers) as polls:
-            answers = await asyncio.gather(*(polls.get(f"/jobs/{job_id}") for _ in range(3 * pool.size())))
+            answers = await asyncio.gather(*(polls.get("/jobs") for _ in range(2 * pool.size())))
         return [answer.status_code for answer in answers]
 
     assert client.portal is not None
@@ -358,7 +359,7 @@ def test_a_burst_of_polls_larger_than_the_read_pool_takes_turns_on_its_connectio
     finally:
         event.remove(pool, "connect", count)
 
-    assert answers == [200] * (3 * pool.size())
+    assert answers == [200] * (2 * pool.size())
     assert 0 < len(opened) <= pool.size()
 
 

@@ -29,13 +29,13 @@ def views() -> JobViewCache:
 
 
 @contextmanager
-def statements_reading_jobs() -> Iterator[list[str]]:
-    """The statements the read routes send meanwhile that read the jobs table."""
+def statements_reading_jobs(reading: str = "FROM jobs") -> Iterator[list[str]]:
+    """The statements the read routes send meanwhile that read the jobs table (or that hold `reading`)."""
     engine = get_async_engine().sync_engine
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        if "FROM jobs" in statement:
+        if reading in statement:
             seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", record)
@@ -79,6 +79,28 @@ def test_a_poll_of_an_unchanged_job_reads_nothing_and_a_change_made_elsewhere_sh
     with statements_reading_jobs() as reads:
         assert watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 7
     assert reads == [], "the changed job is kept again once read"
+
+
+@on_postgres
+def test_a_page_of_jobs_read_again_reads_only_their_ids_and_shows_a_change_made_elsewhere(
+    watched: TestClient, spec: dict[str, Any]
+) -> None:
+    created = [watched.post("/jobs", json={**spec, "metadata": {"n": str(n)}}).json()["id"] for n in range(3)]
+    first = watched.get("/jobs").json()
+
+    with statements_reading_jobs() as reads, statements_reading_jobs("JOIN users") as views_read:
+        again = watched.get("/jobs").json()
+    assert len(reads) == 1 and views_read == [], "one query for the page's ids, none for what they show"
+    assert again == first
+    assert [job["id"] for job in again["data"]] == created[::-1]
+    assert again["data"] == [watched.get(f"/jobs/{job_id}").json() for job_id in created[::-1]]
+
+    run_sql("UPDATE jobs SET progress = %s WHERE id = %s", '{"step": 5, "total_steps": 9}', created[1])
+    wait_until(
+        lambda: watched.get("/jobs").json()["data"][1]["progress"]["step"] == 5,
+        timeout_s=10,
+        what="the change to show in the list",
+    )
 
 
 @on_postgres
@@ -151,10 +173,12 @@ def test_on_sqlite_nothing_is_kept_and_every_poll_reads_the_database(client: Tes
     job = client.post("/jobs", json=spec).json()
     client.get(f"/jobs/{job['id']}")
 
-    with statements_reading_jobs() as reads:
+    client.get("/jobs")
+    with statements_reading_jobs("JOIN users") as reads:
         client.get(f"/jobs/{job['id']}")
+        client.get("/jobs")
 
-    assert reads, "SQLite cannot notify changes, so nothing may be served from memory"
+    assert len(reads) == 2, "SQLite cannot notify changes, so nothing may be served from memory"
     assert not views().live and views().entries == {}
 
 
