@@ -1,7 +1,15 @@
-"""The API's listener for job changes on PostgreSQL: it keeps `api.viewcache` in step with the database."""
+"""The API's listener for job changes on PostgreSQL: it keeps `api.viewcache` in step with the database.
+
+It trusts its connection only while the connection proves it delivers: every `PROBE_EVERY_S` it notifies a probe
+of its own on the channel and expects it back. A link that died without closing, or a pooler that does not keep a
+session's LISTEN (PgBouncer in transaction mode hands notifications to whichever client holds the server
+connection), shows as a lost probe: the cache goes off and the listener connects again. The cache is live only
+from the first probe back.
+"""
 
 import asyncio
 import logging
+import uuid
 
 import psycopg
 from sqlalchemy import make_url
@@ -10,8 +18,14 @@ from api.viewcache import JobViewCache
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "ftq_jobs"  # notified by the trigger of migration 0010
+CHANNEL = "ftq_jobs"  # notified by the trigger of migration 0010, with a job's id
+PROBE_PREFIX = "probe:"  # a listener's own probes (of this process or another); job ids never start with it
+PROBE_EVERY_S = 10.0
 RETRY_S = 1.0
+
+
+class ProbeLost(Exception):
+    """A probe sent on the channel did not come back: notifications are not reaching this listener."""
 
 
 def libpq_url(database_url: str) -> str:
@@ -25,26 +39,45 @@ def watches_jobs(database_url: str) -> bool:
 
 
 async def watch_job_changes(database_url: str, cache: JobViewCache) -> None:
-    """For as long as the API runs: LISTEN for changed jobs and drop each from the cache. A lost connection turns
-    the cache off (polls read the database) until a new one listens."""
+    """For as long as the API runs: LISTEN for changed jobs and drop each from the cache. A lost connection or
+    probe turns the cache off (polls read the database) until a new connection proves it delivers."""
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
                 libpq_url(database_url),
                 autocommit=True,
                 application_name="ftq-api-job-watch",
-                # A peer that vanished without closing the socket is noticed within a minute, not hours.
+                # A peer that vanished without closing the socket fails the connection within a minute.
                 keepalives=1,
                 keepalives_idle=30,
                 keepalives_interval=10,
                 keepalives_count=3,
             ) as connection:
                 await connection.execute(f"LISTEN {CHANNEL}")
-                cache.listening(True)
-                async for notification in connection.notifies():
-                    cache.drop(notification.payload)
-        except (psycopg.Error, OSError) as exc:
+                await follow_job_changes(connection, cache, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+        except (psycopg.Error, OSError, ProbeLost) as exc:
             log.warning("job watch: %s; polls read the database until it reconnects", type(exc).__name__)
         finally:
             cache.listening(False)
         await asyncio.sleep(RETRY_S)
+
+
+async def follow_job_changes(connection: psycopg.AsyncConnection, cache: JobViewCache, probe: str) -> None:
+    """Drop each job notified; send `probe` every `PROBE_EVERY_S` and raise ProbeLost when one does not come back."""
+    while True:
+        await send_probe(connection, probe)
+        returned = False
+        async for notification in connection.notifies(timeout=PROBE_EVERY_S):
+            if notification.payload == probe:
+                returned = True
+                if not cache.live:
+                    cache.listening(True)
+            elif not notification.payload.startswith(PROBE_PREFIX):
+                cache.drop(notification.payload)
+        if not returned:
+            raise ProbeLost(f"no probe back within {PROBE_EVERY_S:g} s")
+
+
+async def send_probe(connection: psycopg.AsyncConnection, probe: str) -> None:
+    """Notify the channel with this listener's probe."""
+    await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, probe))

@@ -1,9 +1,11 @@
-"""Jobs as `GET /jobs/{id}` last showed them, so that a poll of a job that has not changed costs no query.
+"""Jobs as the API last showed them, so that a poll of a job that has not changed costs no query (`GET /jobs/{id}`,
+and the jobs of a `GET /jobs` page).
 
 PostgreSQL only. A trigger on `jobs` (migration 0010) notifies the `ftq_jobs` channel with the id of every job
 updated or deleted, by any writer; the API's listener (`api.jobwatch`) drops that job's entry. So a poll shows a
 change at most the notification's trip (milliseconds) after its commit, as a poll sent a moment earlier would have.
-Nothing is served or kept while the listener is not connected, and the cache starts empty each time it connects.
+Nothing is served or kept while the listener is not connected (or its probes do not come back), and the cache starts
+empty each time it goes live.
 Jobs in the queue are never kept: their place moves when other jobs start. Views are kept as the JSON sent, bytes
 the garbage collector does not walk (kept as validated models, 2,048 specs had cost the polls 11-14% in collection).
 

@@ -148,11 +148,11 @@ SPECS_BY_ID = select(Job.id, Job.spec).where(Job.id.in_(bindparam("job_ids", exp
 JobView = Row[*tuple[Any, ...]]  # a row of JOB_VIEWS: attributes named as in SHOWN_COLUMNS, and owner_name
 
 
-def get_job_view(*, connection: Connection, job_id: str, owner_id: str | None = None) -> JobView:
-    """The job with this id (of this owner, when one is given) as it is shown, with its stored `spec`, or
-    JobNotFound."""
+def get_job_view(*, connection: Connection, job_id: str) -> JobView:
+    """The job with this id as it is shown, with its stored `spec` and its `owner_id` (whoever asks: the caller
+    checks they may see it), or JobNotFound."""
     view = connection.execute(JOB_VIEW_BY_ID, {"job_id": job_id}).one_or_none()
-    if view is None or (owner_id is not None and view.owner_id != owner_id):
+    if view is None:
         raise JobNotFound(f"no job {job_id!r}", param="job_id")
     return view
 

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from api.deps import job_view_cache
 from api.jobwatch import libpq_url
+from api.main import create_app
 from api.viewcache import JobViewCache, Shown
 from shared.db import get_async_engine
 from shared.settings import get_settings
@@ -128,6 +129,37 @@ def test_when_the_watch_loses_its_connection_polls_read_the_database_until_it_li
         timeout_s=10,
         what="a change after the reconnect to show",
     )
+
+
+@on_postgres
+def test_a_watch_whose_probes_do_not_come_back_never_serves_from_memory(
+    env: dict[str, str],
+    api_key: str,
+    spec: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As behind a pooler that does not keep a session's LISTEN: notifications go elsewhere."""
+
+    async def probe_elsewhere(connection: psycopg.AsyncConnection, probe: str) -> None:
+        await connection.execute("SELECT pg_notify('somewhere_else', %s)", (probe,))
+
+    monkeypatch.setattr("api.jobwatch.send_probe", probe_elsewhere)
+    monkeypatch.setattr("api.jobwatch.PROBE_EVERY_S", 0.2)
+    monkeypatch.setattr("api.jobwatch.RETRY_S", 0.1)
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as client:
+        job = client.post("/jobs", json=spec).json()
+        wait_until(
+            lambda: sum("ProbeLost" in record.getMessage() for record in caplog.records) >= 2,
+            timeout_s=10,
+            what="two probes lost",
+        )
+        with statements_reading_jobs("JOIN users") as reads:
+            client.get(f"/jobs/{job['id']}")
+            client.get(f"/jobs/{job['id']}")
+
+        assert not views().live
+        assert len(reads) == 2, "each poll read the database"
 
 
 @on_postgres
