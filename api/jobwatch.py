@@ -22,6 +22,7 @@ CHANNEL = "ftq_jobs"  # notified by the trigger of migration 0010, with a job's 
 PROBE_PREFIX = "probe:"  # a listener's own probes (of this process or another); job ids never start with it
 PROBE_EVERY_S = 10.0
 RETRY_S = 1.0
+MAX_RETRY_S = 30.0
 
 
 class ProbeLost(Exception):
@@ -41,6 +42,7 @@ def watches_jobs(database_url: str) -> bool:
 async def watch_job_changes(database_url: str, cache: JobViewCache) -> None:
     """For as long as the API runs: LISTEN for changed jobs and drop each from the cache. A lost connection or
     probe turns the cache off (polls read the database) until a new connection proves it delivers."""
+    delay = RETRY_S
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -58,8 +60,10 @@ async def watch_job_changes(database_url: str, cache: JobViewCache) -> None:
         except (psycopg.Error, OSError, ProbeLost) as exc:
             log.warning("job watch: %s; polls read the database until it reconnects", type(exc).__name__)
         finally:
+            # Soon after a watch that was live; longer each time while the database stays away (a log line each).
+            delay = RETRY_S if cache.live else min(2 * delay, MAX_RETRY_S)
             cache.listening(False)
-        await asyncio.sleep(RETRY_S)
+        await asyncio.sleep(delay)
 
 
 async def follow_job_changes(connection: psycopg.AsyncConnection, cache: JobViewCache, probe: str) -> None:
