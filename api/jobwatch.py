@@ -1,10 +1,11 @@
 """The API's listener for job changes on PostgreSQL: it keeps `api.viewcache` in step with the database.
 
-It trusts its connection only while the connection proves it delivers: every `PROBE_EVERY_S` it notifies a probe
-of its own on the channel and expects it back. A link that died without closing, or a pooler that does not keep a
-session's LISTEN (PgBouncer in transaction mode hands notifications to whichever client holds the server
-connection), shows as a lost probe: the cache goes off and the listener connects again. The cache is live only
-from the first probe back.
+It trusts its connection only while the connection proves it delivers: every `PROBE_EVERY_S` a second connection
+notifies a probe on the channel and the listener must receive it. Notifications reach a listener in commit order, so
+a probe back means every change committed before it has arrived. A link that died without closing, or a pooler that
+does not keep a session's LISTEN (PgBouncer in transaction mode), shows as a lost probe: the cache goes off and the
+listener connects again. The cache is live only from the first probe back, and for at most two probe periods after
+the last one, so a listener stuck anywhere cannot leave it live.
 """
 
 import asyncio
@@ -39,43 +40,69 @@ def watches_jobs(database_url: str) -> bool:
     return make_url(database_url).get_backend_name() == "postgresql"
 
 
+def start_job_watch(database_url: str, cache: JobViewCache) -> "asyncio.Task[None] | None":
+    """Start the listener that keeps `cache` live, unless the database cannot notify, the cache keeps nothing, or a
+    listener of this process runs already."""
+    if not watches_jobs(database_url) or cache.max_entries <= 0 or cache.watched:
+        return None
+    cache.watched = True
+    task = asyncio.create_task(watch_job_changes(database_url, cache))
+    task.add_done_callback(lambda _task: setattr(cache, "watched", False))
+    return task
+
+
 async def watch_job_changes(database_url: str, cache: JobViewCache) -> None:
     """For as long as the API runs: LISTEN for changed jobs and drop each from the cache. A lost connection or
     probe turns the cache off (polls read the database) until a new connection proves it delivers."""
     delay = RETRY_S
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(
-                libpq_url(database_url),
-                autocommit=True,
-                application_name="ftq-api-job-watch",
-                # A peer that vanished without closing the socket fails the connection within a minute.
-                keepalives=1,
-                keepalives_idle=30,
-                keepalives_interval=10,
-                keepalives_count=3,
-            ) as connection:
-                await connection.execute(f"LISTEN {CHANNEL}")
-                await follow_job_changes(connection, cache, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+            async with (
+                await _connect(database_url, "ftq-api-job-watch") as listener,
+                await _connect(database_url, "ftq-api-job-probe") as prober,
+            ):
+                await listener.execute(f"LISTEN {CHANNEL}")
+                await follow_job_changes(listener, prober, cache, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         except (psycopg.Error, OSError, ProbeLost) as exc:
             log.warning("job watch: %s; polls read the database until it reconnects", type(exc).__name__)
+        except Exception:
+            log.exception("job watch failed; polls read the database until it reconnects")
         finally:
             # Soon after a watch that was live; longer each time while the database stays away (a log line each).
             delay = RETRY_S if cache.live else min(2 * delay, MAX_RETRY_S)
-            cache.listening(False)
+            cache.stop()
         await asyncio.sleep(delay)
 
 
-async def follow_job_changes(connection: psycopg.AsyncConnection, cache: JobViewCache, probe: str) -> None:
-    """Drop each job notified; send `probe` every `PROBE_EVERY_S` and raise ProbeLost when one does not come back."""
+async def _connect(database_url: str, name: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(
+        libpq_url(database_url),
+        autocommit=True,
+        application_name=name,
+        # A peer that vanished without closing the socket fails the connection within a minute.
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
+    )
+
+
+async def follow_job_changes(
+    listener: psycopg.AsyncConnection, prober: psycopg.AsyncConnection, cache: JobViewCache, probe: str
+) -> None:
+    """Drop each job notified; every `PROBE_EVERY_S` send `probe` from `prober` and renew the cache when it reaches
+    `listener` (ProbeLost when it does not). Sent from the listening session, it would come back with the reply to
+    its own statement, having proved nothing."""
     while True:
-        await send_probe(connection, probe)
+        try:
+            await asyncio.wait_for(send_probe(prober, probe), PROBE_EVERY_S)
+        except TimeoutError as exc:
+            raise ProbeLost(f"a probe took over {PROBE_EVERY_S:g} s to send") from exc
         returned = False
-        async for notification in connection.notifies(timeout=PROBE_EVERY_S):
+        async for notification in listener.notifies(timeout=PROBE_EVERY_S):
             if notification.payload == probe:
                 returned = True
-                if not cache.live:
-                    cache.listening(True)
+                cache.renew(2 * PROBE_EVERY_S)  # lapses by itself if this loop stalls
             elif not notification.payload.startswith(PROBE_PREFIX):
                 cache.drop(notification.payload)
         if not returned:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import job_view_cache
-from api.jobwatch import watch_job_changes, watches_jobs
+from api.jobwatch import start_job_watch
 from api.routes import checkpoints, evaluation, events, files, health, jobs, me, users, workers
 from api.routes.dashboard import mount_dashboard
 from shared.db import dispose_async_engines
@@ -95,13 +95,11 @@ async def reconcile_forever() -> None:
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """Start the reconciler (and, on PostgreSQL, the job watch) with the API; on shutdown stop them and close the
-    read routes' connections."""
+    """Start the reconciler and the job watch with the API; on shutdown stop them and close the reads' connections."""
     settings = get_settings()
     tasks = [asyncio.create_task(reconcile_forever())]
-    if watches_jobs(settings.db_url) and settings.job_view_cache_size > 0:
-        views = job_view_cache(settings.db_url, settings.job_view_cache_size)
-        tasks.append(asyncio.create_task(watch_job_changes(settings.db_url, views)))
+    watch = start_job_watch(settings.db_url, job_view_cache(settings.db_url, settings.job_view_cache_size))
+    tasks += [watch] if watch is not None else []
     # What is alive once the app is up (modules, models, routes, schemas) lives as long as the process: frozen, the
     # collector stops walking it on every full collection, which had stalled every request in flight (under 32
     # clients, the p99 of `GET /jobs/{id}` fell from about 98 ms to 44-55 ms).

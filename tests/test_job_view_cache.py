@@ -2,20 +2,27 @@
 change as soon as the database notifies it, whoever made it (`api.jobwatch`)."""
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import JSON, Column, DateTime, Integer, event, inspect, update
 
 from api.deps import job_view_cache
-from api.jobwatch import libpq_url
+from api.jobwatch import CHANNEL, libpq_url
 from api.main import create_app
 from api.viewcache import JobViewCache, Shown
-from shared.db import get_async_engine
+from shared.auth import create_api_key
+from shared.db import get_async_engine, session_scope
+from shared.errors import JobNotFound
+from shared.jobs import SHOWN_COLUMNS
+from shared.models import Job, JobStatus
 from shared.settings import get_settings
 from tests.conftest import client_for
 from tests.services import wait_until
@@ -190,10 +197,10 @@ def test_a_kept_job_is_shown_to_no_one_else_but_an_admin(watched: TestClient, sp
 def test_a_cancel_shows_in_the_callers_next_poll_before_any_notification(
     client: TestClient, spec: dict[str, Any]
 ) -> None:
-    views().listening(True)  # a cache that hears of no change, as when the notification is still on its way
+    views().renew(60)  # a cache that hears of no change, as when the notification is still on its way
     job = client.post("/jobs", json=spec).json()
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "validating"
-    assert views().get(job["id"], None) is not None
+    assert views().kept(job["id"]) is not None
 
     client.post(f"/jobs/{job['id']}/cancel")
 
@@ -214,69 +221,133 @@ def test_on_sqlite_nothing_is_kept_and_every_poll_reads_the_database(client: Tes
     assert not views().live and views().entries == {}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_page_shows_a_job_kept_in_another_status_than_its_query_read_as_read_again(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    views().renew(60)  # a cache that hears of no change, as when the notification is still on its way
+    job = client.post("/jobs", json=spec).json()
+    assert client.get("/jobs").json()["data"][0]["status"] == "validating"
+
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(status=JobStatus.failed))
+        session.commit()
+
+    assert [shown["status"] for shown in client.get("/jobs", params={"status": "failed"}).json()["data"]] == ["failed"]
+
+
+@on_postgres
+def test_exactly_the_columns_a_job_is_shown_with_notify_its_change(client: TestClient, spec: dict[str, Any]) -> None:
+    job_id = client.post("/jobs", json=spec).json()["id"]
+    with session_scope() as session:
+        _key, _raw = create_api_key(session=session, name="another-owner")
+        session.commit()
+        other_owner = _key.user_id
+    # What `GET /jobs/{id}` shows: the shown columns under their names in the table, and the spec.
+    shown = {inspect(Job).attrs[name].columns[0].name for name in SHOWN_COLUMNS} | {"spec"}
+    values: dict[str, Any] = {"owner_id": other_owner, "status": "running"}
+
+    def value_for(column: Column[Any], n: int) -> Any:
+        if column.name in values:
+            return values[column.name]
+        if isinstance(column.type, JSON):
+            return json.dumps({"changed": n})
+        if isinstance(column.type, Integer):
+            return 1000 + n
+        if isinstance(column.type, DateTime):
+            return datetime(2031, 1, 1, tzinfo=UTC) + timedelta(seconds=n)
+        return f"changed-{n}"
+
+    with psycopg.connect(libpq_url(get_settings().db_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        notified = {}
+        for n, column in enumerate(Job.__table__.c):
+            if column.name == "id":
+                continue
+            run_sql(f"UPDATE jobs SET {column.name} = %s WHERE id = %s", value_for(column, n), job_id)
+            run_sql("SELECT pg_notify(%s, 'marker')", CHANNEL)  # after the update's, if it sent one
+            payloads = []
+            for notification in listener.notifies(timeout=10):
+                if notification.payload == "marker":
+                    break
+                payloads.append(notification.payload)
+            notified[column.name] = payloads == [job_id]
+
+    assert {name for name, sent in notified.items() if sent} == shown - {"id"}
+    assert not notified["heartbeat_at"]
+
+
 def test_a_view_read_before_its_job_changed_is_not_kept_but_one_of_another_job_is() -> None:
     cache = JobViewCache(max_entries=10)
-    cache.listening(True)
+    cache.renew(60)
     read_at = cache.generation
 
     cache.drop("ftjob-a")  # its change may be newer than what the read saw: the notification came after it began
-    cache.put("ftjob-a", "user-1", b"a", read_at)
-    cache.put("ftjob-b", "user-1", b"b", read_at)
+    cache.put("ftjob-a", "user-1", "running", b"a", read_at)
+    cache.put("ftjob-b", "user-1", "running", b"b", read_at)
 
-    assert cache.get("ftjob-a", None) is None
-    assert cache.get("ftjob-b", "user-1") == b"b"
-    assert cache.get("ftjob-b", "user-2") is None
-    cache.put("ftjob-a", "user-1", b"a", cache.generation)
-    assert cache.get("ftjob-a", "user-1") == b"a"
+    assert cache.kept("ftjob-a") is None
+    assert cache.kept("ftjob-b") == ("user-1", "running", b"b")
+    cache.put("ftjob-a", "user-1", "running", b"a", cache.generation)
+    assert cache.kept("ftjob-a") == ("user-1", "running", b"a")
 
 
 def test_once_the_drops_noted_overflow_no_read_begun_before_is_kept() -> None:
     cache = JobViewCache(max_entries=10, max_notes=2)
-    cache.listening(True)
+    cache.renew(60)
     read_at = cache.generation
 
     for job_id in ("ftjob-x", "ftjob-y", "ftjob-z"):
         cache.drop(job_id)
-    cache.put("ftjob-a", "u", b"a", read_at)  # which jobs changed during this read is no longer known
+    cache.put("ftjob-a", "u", "running", b"a", read_at)  # which jobs changed during this read is no longer known
 
-    assert cache.get("ftjob-a", None) is None
+    assert cache.kept("ftjob-a") is None
     assert len(cache.dropped_at) <= 2
-    cache.put("ftjob-a", "u", b"a", cache.generation)
-    assert cache.get("ftjob-a", None) == b"a"
+    cache.put("ftjob-a", "u", "running", b"a", cache.generation)
+    assert cache.kept("ftjob-a") is not None
 
 
-def test_nothing_is_kept_while_no_one_listens_and_the_oldest_goes_first() -> None:
+def test_nothing_is_kept_or_served_unless_the_listener_vouches_and_the_oldest_goes_first() -> None:
     cache = JobViewCache(max_entries=2)
-    cache.put("ftjob-a", "u", b"a", cache.generation)
-    assert cache.get("ftjob-a", None) is None, "not listening yet"
+    cache.put("ftjob-a", "u", "running", b"a", cache.generation)
+    assert cache.kept("ftjob-a") is None, "no probe back yet"
 
-    cache.listening(True)
-    for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
-        cache.put(job_id, "u", job_id.encode(), cache.generation)
-    assert list(cache.entries) == ["ftjob-b", "ftjob-c"]
+    cache.renew(60)
+    for job_id in ("ftjob-a", "ftjob-b", "ftjob-c", "ftjob-q"):
+        cache.put(job_id, "u", "queued" if job_id == "ftjob-q" else "running", job_id.encode(), cache.generation)
+    assert list(cache.entries) == ["ftjob-b", "ftjob-c"], "the oldest went first; a queued job is never kept"
 
-    cache.listening(False)
-    assert cache.entries == {}
+    cache.live_until = time.monotonic() - 1  # the listener stopped renewing, stuck somewhere
+    assert cache.kept("ftjob-b") is None
+    cache.renew(60)
+    assert cache.entries == {}, "back to life, it starts empty: notifications may have been lost meanwhile"
+
+    cache.put("ftjob-b", "u", "running", b"b", cache.generation)
+    cache.stop()
+    assert cache.entries == {} and not cache.live
 
 
 class SlowRead:
     """A read of a job that waits until released, counting how often it was made."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         self.calls = 0
         self.released = asyncio.Event()
+        self.error = error
 
     async def __call__(self, job_id: str) -> Shown:
         self.calls += 1
         number = self.calls
         await self.released.wait()
-        return "u", f"{job_id}:{number}".encode(), True
+        if self.error is not None:
+            raise self.error
+        return "u", "running", f"{job_id}:{number}".encode()
 
 
 def test_polls_that_ask_while_a_job_is_read_share_the_read_even_if_the_first_goes_away() -> None:
-    async def scenario() -> tuple[int, list[tuple[str, bytes]], JobViewCache]:
+    async def scenario() -> tuple[int, list[Shown], JobViewCache]:
         cache, read = JobViewCache(max_entries=10), SlowRead()
-        cache.listening(True)
+        cache.renew(60)
         polls = [asyncio.ensure_future(cache.shown("ftjob-a", read)) for _ in range(5)]
         await asyncio.sleep(0)
         polls[0].cancel()  # its client hung up
@@ -287,26 +358,47 @@ def test_polls_that_ask_while_a_job_is_read_share_the_read_even_if_the_first_goe
     calls, shown, cache = asyncio.run(scenario())
 
     assert calls == 1
-    assert shown == [("u", b"ftjob-a:1")] * 4
-    assert cache.get("ftjob-a", None) == b"ftjob-a:1", "kept for the next polls"
+    assert shown == [("u", "running", b"ftjob-a:1")] * 4
+    assert cache.kept("ftjob-a") == ("u", "running", b"ftjob-a:1"), "kept for the next polls"
 
 
-def test_a_poll_after_its_job_changed_does_not_share_a_read_begun_before_the_change() -> None:
-    async def scenario() -> tuple[int, tuple[str, bytes], tuple[str, bytes], JobViewCache]:
-        cache, read = JobViewCache(max_entries=10), SlowRead()
-        cache.listening(True)
+def test_a_read_that_fails_fails_each_poll_that_shared_it_and_keeps_nothing() -> None:
+    async def scenario() -> tuple[list[BaseException | Shown], JobViewCache]:
+        cache, read = JobViewCache(max_entries=10), SlowRead(JobNotFound("no job 'ftjob-a'", param="job_id"))
+        cache.renew(60)
+        polls = [asyncio.ensure_future(cache.shown("ftjob-a", read)) for _ in range(3)]
+        await asyncio.sleep(0)
+        read.released.set()
+        return await asyncio.gather(*polls, return_exceptions=True), cache
+
+    outcomes, cache = asyncio.run(scenario())
+
+    assert [type(outcome) for outcome in outcomes] == [JobNotFound] * 3
+    assert cache.entries == {} and cache.reads == {}
+
+
+@pytest.mark.parametrize("reset", ["a change of the job", "the notes overflowing", "the listener lost", "no listener"])
+def test_a_poll_does_not_share_a_read_begun_before_anything_that_may_have_made_it_old(reset: str) -> None:
+    async def scenario() -> tuple[int, Shown, Shown]:
+        cache, read = JobViewCache(max_entries=10, max_notes=1), SlowRead()
+        if reset != "no listener":
+            cache.renew(60)
         before = asyncio.ensure_future(cache.shown("ftjob-a", read))
         await asyncio.sleep(0)
-        cache.drop("ftjob-a")
+        if reset == "a change of the job":
+            cache.drop("ftjob-a")
+        elif reset == "the notes overflowing":
+            cache.drop("ftjob-x")
+            cache.drop("ftjob-y")
+        elif reset == "the listener lost":
+            cache.stop()
         after = asyncio.ensure_future(cache.shown("ftjob-a", read))
         await asyncio.sleep(0)
         read.released.set()
         shown_before, shown_after = await before, await after
-        return read.calls, shown_before, shown_after, cache
+        return read.calls, shown_before, shown_after
 
-    calls, before, after, cache = asyncio.run(scenario())
+    calls, before, after = asyncio.run(scenario())
 
     assert calls == 2
-    assert before == ("u", b"ftjob-a:1")
-    assert after == ("u", b"ftjob-a:2")
-    assert cache.get("ftjob-a", None) == b"ftjob-a:2", "only the read begun after the change is kept"
+    assert (before, after) == (("u", "running", b"ftjob-a:1"), ("u", "running", b"ftjob-a:2"))

@@ -188,7 +188,7 @@ def _page_of_jobs(
     """The JSON of a page (`JobList`): its jobs' ids read, each shown as kept (`api.viewcache`) or read."""
     read_at = views.generation
     page, has_more = list_job_ids(connection=connection, limit=limit, after=after, status=status, owner_id=owner_id)
-    shown = {job_id: views.get(job_id, None) for job_id, _status in page}  # the page is already the caller's
+    shown = {job_id: _kept_view(views, job_id, job_status) for job_id, job_status in page}  # the caller's jobs
     missing = [job_id for job_id, view in shown.items() if view is None]
     if missing:
         shown |= _views_read(connection, missing, specs, views, read_at)
@@ -197,10 +197,17 @@ def _page_of_jobs(
     return b'{"object":"list","data":[%b],"has_more":%b}' % (data, b"true" if has_more else b"false")
 
 
+def _kept_view(views: JobViewCache, job_id: str, status: JobStatus) -> bytes | None:
+    """The kept view of a job, if kept in the status the page's query just read (else its notification is on its
+    way, and the page, perhaps filtered by status, would show the job as it was)."""
+    kept = views.kept(job_id)
+    return kept[2] if kept is not None and kept[1] == status else None
+
+
 def _views_read(
     connection: Connection, job_ids: list[str], specs: SpecCache, views: JobViewCache, read_at: int
 ) -> dict[str, bytes]:
-    """The JSON of these jobs' views, read (and kept, unless queued) by id."""
+    """The JSON of these jobs' views, read by id (and kept)."""
     rows = job_views(connection=connection, job_ids=job_ids)
     known = specs.specs_of(connection, job_ids)
     places = _queue_positions(connection) if any(row.status is JobStatus.queued for row in rows) else {}
@@ -208,15 +215,14 @@ def _views_read(
     for row in rows:
         if row.id in known:
             shown[row.id] = JobRead.from_view(row, known[row.id], places.get(row.id)).model_dump_json().encode()
-            if row.status is not JobStatus.queued:
-                views.put(row.id, row.owner_id, shown[row.id], read_at)
+            views.put(row.id, row.owner_id, row.status, shown[row.id], read_at)
     return shown
 
 
 @router.get("/{job_id}", responses=errors(404), response_model=JobRead)
 async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> Response:
     """Get one job: status, progress, stats, result and error."""
-    job_owner_id, view = await _job_views().shown(job_id, _read_shown)
+    job_owner_id, _status, view = await _job_views().shown(job_id, _read_shown)
     if owner_scope(user) in (None, job_owner_id):
         # Sent as kept or read: FastAPI would validate the model once more only to write the same JSON.
         return Response(view, media_type="application/json")
@@ -224,19 +230,19 @@ async def read_fine_tune_job(job_id: JobId, user: AsyncCurrentUser) -> Response:
 
 
 def _job_views() -> JobViewCache:
+    """The process's cache of shown jobs (`api.viewcache`)."""
     settings = get_settings()
     return job_view_cache(settings.db_url, settings.job_view_cache_size)
 
 
 async def _read_shown(job_id: str) -> Shown:
-    """Whose the job is and its view's JSON, read for anyone (each poll checks its caller may see it)."""
+    """Whose the job is, its status and its view's JSON, read for anyone (each poll checks its caller may see it)."""
     job, owner_id = await run_read(_view_as_shown, job_id)
-    return owner_id, job.model_dump_json().encode(), job.status is not JobStatus.queued  # a queued job's place moves
+    return owner_id, job.status, job.model_dump_json().encode()
 
 
 def _view_as_shown(connection: Connection, job_id: str) -> tuple[JobRead, str]:
-    """The job as the API shows it, with its place in the queue while it waits (from plain rows), and its owner's
-    id."""
+    """The job as the API shows it (its place in the queue while it waits) and its owner's id, from plain rows."""
     view = get_job_view(connection=connection, job_id=job_id)
     place = _queue_positions(connection).get(view.id) if view.status is JobStatus.queued else None
     return JobRead.from_view(view, JobSpec.model_validate(view.spec), place), view.owner_id
