@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(60, ge=1, validation_alias="FTQ_RATE_BURST")
     # The polled reads trust a key checked this many seconds ago (0: check every time); writes always check.
     key_cache_ttl_s: float = Field(5.0, ge=0.0, validation_alias="FTQ_KEY_CACHE_TTL")
-    # Jobs `GET /jobs/{id}` keeps as it last showed them, on PostgreSQL (0: none; see `api.viewcache`).
+    # Jobs the API keeps as it last showed them (`GET /jobs/{id}`, `GET /jobs`), on PostgreSQL (0: none; see
+    # `api.viewcache`).
     job_view_cache_size: int = Field(10_000, ge=0, validation_alias="FTQ_JOB_VIEW_CACHE")
 
     @property
