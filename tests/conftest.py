@@ -13,11 +13,12 @@ import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from api.deps import job_view_cache, key_cache, spec_cache
 from api.main import create_app
 from shared.auth import create_api_key
-from shared.db import reset_engines, session_scope
+from shared.db import get_async_engine, reset_engines, session_scope
 from shared.migrate import upgrade_database
 from shared.queue import get_celery
 from shared.settings import get_settings
@@ -178,6 +179,23 @@ def client_for(name: str, *, admin: bool = False) -> TestClient:
         _key, raw = create_api_key(session=session, name=name, is_admin=admin)
         session.commit()
     return TestClient(create_app(), headers={"Authorization": f"Bearer {raw}"})
+
+
+@contextmanager
+def read_statements(containing: str) -> Iterator[list[str]]:
+    """The statements the read routes (the asyncio engine) send meanwhile that contain `containing`."""
+    engine = get_async_engine().sync_engine
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if containing in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

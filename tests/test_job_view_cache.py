@@ -4,27 +4,25 @@ change as soon as the database notifies it, whoever made it (`api.jobwatch`)."""
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import JSON, Column, DateTime, Integer, event, inspect, update
+from sqlalchemy import JSON, Column, DateTime, Integer, inspect, update
 
 from api.deps import job_view_cache
 from api.jobwatch import CHANNEL, libpq_url
 from api.main import create_app
 from api.viewcache import JobViewCache, Shown
 from shared.auth import create_api_key
-from shared.db import get_async_engine, session_scope
+from shared.db import session_scope
 from shared.errors import JobNotFound
 from shared.jobs import SHOWN_COLUMNS
 from shared.models import Job, JobStatus
 from shared.settings import get_settings
-from tests.conftest import client_for
+from tests.conftest import client_for, read_statements
 from tests.services import wait_until
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -34,23 +32,6 @@ def views() -> JobViewCache:
     """The API process's cache (the test client runs the app in this process)."""
     settings = get_settings()
     return job_view_cache(settings.db_url, settings.job_view_cache_size)
-
-
-@contextmanager
-def statements_reading_jobs(reading: str = "FROM jobs") -> Iterator[list[str]]:
-    """The statements the read routes send meanwhile that read the jobs table (or that hold `reading`)."""
-    engine = get_async_engine().sync_engine
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        if reading in statement:
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def run_sql(statement: str, *params: Any) -> None:
@@ -73,7 +54,7 @@ def test_a_poll_of_an_unchanged_job_reads_nothing_and_a_change_made_elsewhere_sh
     job = watched.post("/jobs", json=spec).json()
     first = watched.get(f"/jobs/{job['id']}").json()
 
-    with statements_reading_jobs() as reads:
+    with read_statements("FROM jobs") as reads:
         again = watched.get(f"/jobs/{job['id']}").json()
     assert reads == [], "the unchanged job is answered from memory"
     assert again == first
@@ -84,7 +65,7 @@ def test_a_poll_of_an_unchanged_job_reads_nothing_and_a_change_made_elsewhere_sh
         timeout_s=10,
         what="the change to show",
     )
-    with statements_reading_jobs() as reads:
+    with read_statements("FROM jobs") as reads:
         assert watched.get(f"/jobs/{job['id']}").json()["progress"]["step"] == 7
     assert reads == [], "the changed job is kept again once read"
 
@@ -96,7 +77,7 @@ def test_a_page_of_jobs_read_again_reads_only_their_ids_and_shows_a_change_made_
     created = [watched.post("/jobs", json={**spec, "metadata": {"n": str(n)}}).json()["id"] for n in range(3)]
     first = watched.get("/jobs").json()
 
-    with statements_reading_jobs() as reads, statements_reading_jobs("JOIN users") as views_read:
+    with read_statements("FROM jobs") as reads, read_statements("JOIN users") as views_read:
         again = watched.get("/jobs").json()
     assert len(reads) == 1 and views_read == [], "one query for the page's ids, none for what they show"
     assert again == first
@@ -161,7 +142,7 @@ def test_a_watch_whose_probes_do_not_come_back_never_serves_from_memory(
             timeout_s=10,
             what="two probes lost",
         )
-        with statements_reading_jobs("JOIN users") as reads:
+        with read_statements("JOIN users") as reads:
             client.get(f"/jobs/{job['id']}")
             client.get(f"/jobs/{job['id']}")
 
@@ -213,7 +194,7 @@ def test_on_sqlite_nothing_is_kept_and_every_poll_reads_the_database(client: Tes
     client.get(f"/jobs/{job['id']}")
 
     client.get("/jobs")
-    with statements_reading_jobs("JOIN users") as reads:
+    with read_statements("JOIN users") as reads:
         client.get(f"/jobs/{job['id']}")
         client.get("/jobs")
 

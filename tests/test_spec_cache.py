@@ -1,35 +1,14 @@
 """A page of jobs read again takes its specs from memory (`api.speccache`): a spec never changes once stored."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import event
 
 from api.speccache import SpecCache
-from shared.db import get_async_engine
 from shared.spec import JobSpec
-from tests.conftest import client_for
-
-
-@contextmanager
-def statements_reading_specs() -> Iterator[list[str]]:
-    """The statements the read routes send meanwhile that select the jobs' `spec` column."""
-    engine = get_async_engine().sync_engine
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        if "jobs.spec" in statement:
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+from tests.conftest import client_for, read_statements
 
 
 def test_a_page_read_again_takes_its_specs_from_memory_and_shows_the_same(
@@ -37,9 +16,9 @@ def test_a_page_read_again_takes_its_specs_from_memory_and_shows_the_same(
 ) -> None:
     created = [client.post("/jobs", json={**spec, "metadata": {"n": str(n)}}).json() for n in range(3)]
 
-    with statements_reading_specs() as first_reads:
+    with read_statements("jobs.spec") as first_reads:
         first = client.get("/jobs").json()
-    with statements_reading_specs() as second_reads:
+    with read_statements("jobs.spec") as second_reads:
         second = client.get("/jobs").json()
 
     assert len(first_reads) == 1, "one query for the page's specs"
