@@ -15,6 +15,7 @@ from sqlalchemy import JSON, Column, DateTime, Integer, inspect, update
 from api.deps import job_view_cache
 from api.jobwatch import CHANNEL, libpq_url
 from api.main import create_app
+from api.schemas import JobList
 from api.viewcache import JobViewCache, Shown
 from shared.auth import create_api_key
 from shared.db import session_scope
@@ -78,8 +79,10 @@ def test_a_page_of_jobs_read_again_reads_only_their_ids_and_shows_a_change_made_
     first = watched.get("/jobs").json()
 
     with read_statements("FROM jobs") as reads, read_statements("JOIN users") as views_read:
-        again = watched.get("/jobs").json()
+        page = watched.get("/jobs")
+    again = page.json()
     assert len(reads) == 1 and views_read == [], "one query for the page's ids, none for what they show"
+    assert page.content == JobList.model_validate_json(page.content).model_dump_json().encode(), "as JobList sends it"
     assert again == first
     assert [job["id"] for job in again["data"]] == created[::-1]
     assert again["data"] == [watched.get(f"/jobs/{job_id}").json() for job_id in created[::-1]]
