@@ -16,6 +16,7 @@ import psycopg
 from sqlalchemy import make_url
 
 from api.viewcache import JobViewCache
+from shared.db import libpq_url
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ MAX_RETRY_S = 30.0
 
 class ProbeLost(Exception):
     """A probe sent on the channel did not come back: notifications are not reaching this listener."""
-
-
-def libpq_url(database_url: str) -> str:
-    """The SQLAlchemy URL of a PostgreSQL database as psycopg takes it (no `+driver`)."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def watches_jobs(database_url: str) -> bool:

@@ -126,7 +126,9 @@ def analyze(url: str) -> None:
     """VACUUM ANALYZE the jobs table."""
     import psycopg
 
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+    from shared.db import libpq_url
+
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE jobs")
 
 
@@ -136,11 +138,13 @@ def progress_writer(url: str, job_ids: list[str], per_s: float) -> Iterator[dict
     their workers would; yields a dict that holds the updates made a second, once done."""
     import psycopg
 
+    from shared.db import libpq_url
+
     done = threading.Event()
     made = {"updates_per_s": 0.0}
 
     def write() -> None:
-        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             conn.execute("UPDATE jobs SET status = 'running' WHERE id = ANY(%s)", (job_ids,))
             began, step = time.perf_counter(), 0
             while not done.wait(max(0.0, began + step / per_s - time.perf_counter())):

@@ -51,6 +51,11 @@ def get_engine(url: str | None = None) -> Engine:
     return _engines[url]
 
 
+def libpq_url(url: str) -> str:
+    """A PostgreSQL database's SQLAlchemy URL as psycopg (libpq) takes it: without the `+driver`."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def async_url(url: str) -> str:
     """The same database through an asyncio driver: aiosqlite for SQLite, psycopg's async side for PostgreSQL."""
     parsed = make_url(url)

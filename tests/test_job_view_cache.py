@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import JSON, Column, DateTime, Integer, inspect, update
 
 from api.deps import job_view_cache
-from api.jobwatch import CHANNEL, libpq_url
+from api.jobwatch import CHANNEL
 from api.main import create_app
 from api.schemas import JobList
 from api.viewcache import JobViewCache, Shown
 from shared.auth import create_api_key
-from shared.db import session_scope
+from shared.db import libpq_url, session_scope
 from shared.errors import JobNotFound
 from shared.jobs import SHOWN_COLUMNS
 from shared.models import Job, JobStatus
@@ -45,6 +45,13 @@ def run_sql(statement: str, *params: Any) -> None:
 def watched(client: TestClient) -> TestClient:
     """The client, once its API listens for job changes."""
     wait_until(lambda: views().live, timeout_s=10, what="the job watch to listen")
+    return client
+
+
+@pytest.fixture
+def unnotified(client: TestClient) -> TestClient:
+    """The client, its cache live but hearing of no change (as while a notification is still on its way: SQLite)."""
+    views().renew(60)
     return client
 
 
@@ -179,16 +186,15 @@ def test_a_kept_job_is_shown_to_no_one_else_but_an_admin(watched: TestClient, sp
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_cancel_shows_in_the_callers_next_poll_before_any_notification(
-    client: TestClient, spec: dict[str, Any]
+    unnotified: TestClient, spec: dict[str, Any]
 ) -> None:
-    views().renew(60)  # a cache that hears of no change, as when the notification is still on its way
-    job = client.post("/jobs", json=spec).json()
-    assert client.get(f"/jobs/{job['id']}").json()["status"] == "validating"
+    job = unnotified.post("/jobs", json=spec).json()
+    assert unnotified.get(f"/jobs/{job['id']}").json()["status"] == "validating"
     assert views().kept(job["id"]) is not None
 
-    client.post(f"/jobs/{job['id']}/cancel")
+    unnotified.post(f"/jobs/{job['id']}/cancel")
 
-    assert client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert unnotified.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -207,17 +213,17 @@ def test_on_sqlite_nothing_is_kept_and_every_poll_reads_the_database(client: Tes
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_page_shows_a_job_kept_in_another_status_than_its_query_read_as_read_again(
-    client: TestClient, spec: dict[str, Any]
+    unnotified: TestClient, spec: dict[str, Any]
 ) -> None:
-    views().renew(60)  # a cache that hears of no change, as when the notification is still on its way
-    job = client.post("/jobs", json=spec).json()
-    assert client.get("/jobs").json()["data"][0]["status"] == "validating"
+    job = unnotified.post("/jobs", json=spec).json()
+    assert unnotified.get("/jobs").json()["data"][0]["status"] == "validating"
 
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job["id"]).values(status=JobStatus.failed))
         session.commit()
 
-    assert [shown["status"] for shown in client.get("/jobs", params={"status": "failed"}).json()["data"]] == ["failed"]
+    failed = unnotified.get("/jobs", params={"status": "failed"}).json()["data"]
+    assert [shown["status"] for shown in failed] == ["failed"]
 
 
 @on_postgres

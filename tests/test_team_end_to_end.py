@@ -20,7 +20,7 @@ import redis
 from sqlalchemy import inspect
 
 from shared.auth import create_api_key
-from shared.db import get_engine, session_scope
+from shared.db import get_engine, libpq_url, session_scope
 from tests.conftest import REDIS_URL, stack_client
 from tests.hub_standin import HubStandIn
 from tests.services import StackClient, wait_for_end, wait_until
@@ -254,8 +254,7 @@ def test_the_rate_limit_stops_one_user_with_retry_after_and_spares_the_other(tea
 
 def _database_text(url: str) -> str:
     tables = inspect(get_engine(url)).get_table_names()
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         return "\n".join(
             str(row) for table in tables for row in conn.execute(f'SELECT row_to_json(t)::text FROM "{table}" t')
         )
